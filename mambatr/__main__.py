@@ -1,0 +1,3 @@
+from mambatr.cli import main
+
+main()

@@ -1,0 +1,172 @@
+"""The ``mambatr`` command line: one subcommand per job, each with a readable table and ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from mambatr.flops import CONVENTIONS, count_flops
+from mambatr.models import create_model, list_models, model_entry
+from mambatr.table import markdown_table
+
+DEMO_LIMIT = 10_000  # the whole Fashion-MNIST test split
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="vim_fmnist", help=f"one of: {', '.join(list_models())}")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+
+def cmd_flops(args: argparse.Namespace) -> None:
+    with torch.device("meta"):  # shapes only: no memory, no weights
+        model = create_model(args.model)
+    report = count_flops(model.config, convention=args.convention)
+    params = sum(p.numel() for p in model.parameters())
+    if args.json:
+        print(json.dumps({"model": args.model, "params": params, **report.to_dict()}, indent=2))
+        return
+    print(f"{args.model}: {report.gflops:.3f} GFLOPs (GMACs, convention {args.convention}), {params:,} params")
+    rows = [["embed", "", sum(report.embed.values()) / 1e6]]
+    rows += [[f"layer {layer.index}", layer.tokens, layer.total / 1e6] for layer in report.layers]
+    rows += [["final", "", sum(report.final.values()) / 1e6], ["total", "", report.total / 1e6]]
+    print(markdown_table(["part", "tokens", "MFLOPs"], rows))
+
+
+def _load_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The named model with --checkpoint, else its shipped weights; a model without either is refused."""
+    entry = model_entry(args.model)
+    if args.checkpoint is None and entry.weights is None:
+        raise ValueError(f"model {args.model!r} has no shipped weights: pass --checkpoint PATH")
+    model = create_model(args.model, checkpoint=args.checkpoint, pretrained=args.checkpoint is None)
+    return model.eval()
+
+
+def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
+    """(batches, count) for the model's dataset: Fashion-MNIST splits or an ImageNet-style folder."""
+    from mambatr import data
+    from mambatr.evaluate import tensor_batches
+
+    if model_entry(args.model).dataset == "fashion_mnist":
+        images, labels = data.load_fashion_mnist(args.split, root=args.data)
+        if args.limit is not None:
+            images, labels = images[: args.limit], labels[: args.limit]
+        return tensor_batches(images, labels, args.batch_size), len(images)
+    if args.data is None:
+        raise ValueError(f"model {args.model!r} evaluates on ImageNet: pass --data /path/to/imagenet/val")
+    config = model.config
+    dataset = data.ImageFolder(args.data, transform=data.build_eval_transform(input_size=config.img_size))
+    if args.limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    return loader, len(dataset)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from mambatr.evaluate import evaluate
+
+    torch.set_num_threads(args.threads)
+    model = _load_model(args)
+    batches, total = _eval_batches(args, model)
+    result = evaluate(model, batches, total=total, desc=f"eval {args.model}")
+    gflops = count_flops(model.config).gflops
+    summary = {"model": args.model, "checkpoint": args.checkpoint, "split": args.split, **result, "gflops": gflops}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    print(markdown_table(["model", "images", "top-1 %", "loss", "GFLOPs", "images/s"],
+                        [[args.model, result["images"], result["top1"], result["loss"], gflops,
+                          result["images_per_s"]]]))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mambatr.train import Recipe, train
+
+    recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
+                    augment=not args.no_augment)
+    result = train(recipe, Path(args.out), data_root=args.data, resume=args.resume, limit=args.limit)
+    last = result["history"][-1]
+    print(f"wrote {result['weights']}: val top-1 {last['val_top1']:.2f} % after {last['epoch']} epochs "
+          f"({last['elapsed_s'] / 60:.1f} min)")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job: the shipped model on the Fashion-MNIST test split, as a results table."""
+    from mambatr import data
+    from mambatr.evaluate import evaluate_tensors
+
+    torch.set_num_threads(args.threads)
+    model = create_model("vim_fmnist", pretrained=True).eval()
+    images, labels = data.load_fashion_mnist("test", root=args.data)
+    images, labels = images[: args.limit], labels[: args.limit]
+    print(f"mambatr demo: vim_fmnist (shipped weights) on {len(images):,} Fashion-MNIST test images",
+          file=sys.stderr)
+    dense = count_flops(model.config)
+    result = evaluate_tensors(model, images, labels, batch_size=args.batch_size)
+    rows = [["baseline", "-", 0.0, dense.gflops * 1e3, result["top1"], 0.0, result["images_per_s"]]]
+    headers = ["method", "target", "FLOPs reduction %", "MFLOPs/img", "top-1 %", "drop", "images/s"]
+    if args.json:
+        print(json.dumps([dict(zip(headers, row)) for row in rows], indent=2))
+        return
+    print(markdown_table(headers, rows))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mambatr", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    flops = commands.add_parser("flops", help="analytic FLOPs and params of a model, per layer")
+    _add_model_args(flops)
+    flops.add_argument("--convention", default="full", choices=CONVENTIONS,
+                       help="full: every op, both scans (ours); paper: reproduces published Vim figures")
+    flops.set_defaults(run=cmd_flops)
+
+    evaluation = commands.add_parser("eval", help="top-1, loss, images/s and GFLOPs of a model on its dataset")
+    _add_model_args(evaluation)
+    evaluation.add_argument("--checkpoint", help="weights file (official .pth or .safetensors); "
+                            "default: the model's shipped weights")
+    evaluation.add_argument("--data", help="Fashion-MNIST directory, or an ImageNet-style val folder")
+    evaluation.add_argument("--split", default="test", choices=["test", "val"], help="Fashion-MNIST split")
+    evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
+    evaluation.add_argument("--batch-size", type=int, default=256)
+    evaluation.add_argument("--workers", type=int, default=2, help="image-decoding workers (folders only)")
+    evaluation.add_argument("--threads", type=int, default=torch.get_num_threads())
+    evaluation.set_defaults(run=cmd_eval)
+
+    training = commands.add_parser("train", help="train a Vim model on Fashion-MNIST (CPU, resumable)")
+    training.add_argument("--model", default="vim_fmnist")
+    training.add_argument("--out", default="runs/vim_fmnist", help="checkpoints and exported weights go here")
+    training.add_argument("--data", help="Fashion-MNIST directory")
+    training.add_argument("--epochs", type=int, default=20)
+    training.add_argument("--batch-size", type=int, default=128)
+    training.add_argument("--lr", type=float, default=2e-3)
+    training.add_argument("--weight-decay", type=float, default=0.05)
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--threads", type=int, default=torch.get_num_threads())
+    training.add_argument("--no-augment", action="store_true", help="no random shift / flip")
+    training.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
+    training.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
+    training.set_defaults(run=cmd_train)
+
+    demo = commands.add_parser("demo", help="the shipped vim_fmnist model on Fashion-MNIST: a results table")
+    demo.add_argument("--data", help="Fashion-MNIST directory")
+    demo.add_argument("--limit", type=int, default=DEMO_LIMIT, help="test images to use")
+    demo.add_argument("--batch-size", type=int, default=256)
+    demo.add_argument("--threads", type=int, default=torch.get_num_threads())
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (KeyError, ValueError, FileNotFoundError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mambatr {args.command}: error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,42 @@
+"""Backbones, their registry and checkpoint loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from mambatr.models import vim_variants  # noqa: F401  (registers the Vim variants)
+from mambatr.models.checkpoint import CheckpointError, load_into, read_state_dict
+from mambatr.models.registry import list_models, model_entry, register_model
+from mambatr.models.vim import VimConfig, VisionMamba, adapt_vim_state_dict
+
+__all__ = [
+    "CheckpointError", "VimConfig", "VisionMamba", "create_model", "list_models", "load_checkpoint",
+    "register_model",
+]
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Strictly load an official training checkpoint, a flat state dict or a .safetensors file."""
+    state_dict = read_state_dict(path)
+    if isinstance(model, VisionMamba):
+        state_dict = adapt_vim_state_dict(state_dict, model.config)
+    load_into(model, state_dict, source=str(path))
+
+
+def create_model(name: str, checkpoint: str | Path | None = None, pretrained: bool = False, **overrides) -> nn.Module:
+    """Build a registered model; ``pretrained`` loads its shipped weights, ``checkpoint`` a file of yours."""
+    entry = model_entry(name)
+    model = entry.builder(**overrides)
+    if pretrained and checkpoint is not None:
+        raise ValueError("pass either pretrained=True or checkpoint=..., not both")
+    if pretrained:
+        if entry.weights is None:
+            raise ValueError(f"model {name!r} has no shipped weights; pass checkpoint=PATH")
+        if not entry.weights.is_file():
+            raise FileNotFoundError(f"shipped weights for {name!r} missing at {entry.weights}")
+        checkpoint = entry.weights
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model

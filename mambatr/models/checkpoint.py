@@ -1,0 +1,101 @@
+"""Loading official and mambatr checkpoints: safe unpickling, key cleanup, resampling, strict checks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The only non-tensor classes an official training checkpoint pickles (Vim stores its argparse args).
+SAFE_GLOBALS: list[type] = [argparse.Namespace]
+STATE_DICT_KEYS = ("model", "state_dict", "module")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model, with the offending keys named."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights from a .pth/.pt training checkpoint or a .safetensors file, never fully unpickling."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError / RuntimeError with the offending global
+        raise CheckpointError(
+            f"cannot load {path} with torch.load(weights_only=True) and allow-list "
+            f"{[cls.__module__ + '.' + cls.__qualname__ for cls in SAFE_GLOBALS]}: {error}"
+        ) from error
+    return extract_state_dict(obj, source=str(path))
+
+
+def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The weights inside a training dict (under 'model' / 'state_dict' / 'module') or a flat dict."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a dict, got {type(obj).__name__}")
+    for key in STATE_DICT_KEYS:
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{source}: no tensors found (top-level keys: {sorted(obj)[:10]})")
+    if len(tensors) != len(obj):
+        others = sorted(k for k in obj if k not in tensors)
+        raise CheckpointError(f"{source}: non-tensor entries in the state dict: {others[:10]}")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor, new_grid: int, cls_index_old: int | None, cls_index_new: int | None
+) -> torch.Tensor:
+    """Bicubic (antialiased, as timm) resampling of (1, M[+1], D) position embeddings to a new grid.
+
+    The class-token row sits at ``cls_index_old`` (Vim: M // 2, not row 0) and moves to ``cls_index_new``.
+    """
+    rows = pos_embed[0]
+    cls_row = None
+    if cls_index_old is not None:
+        cls_row = rows[cls_index_old : cls_index_old + 1]
+        rows = torch.cat((rows[:cls_index_old], rows[cls_index_old + 1 :]))
+    old_grid = int(round(rows.shape[0] ** 0.5))
+    if old_grid * old_grid != rows.shape[0]:
+        raise CheckpointError(f"pos_embed has {rows.shape[0]} patch rows, not a square grid")
+    grid = rows.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True, align_corners=False)
+    rows = grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(pos_embed.dtype)
+    if cls_row is not None and cls_index_new is not None:
+        rows = torch.cat((rows[:cls_index_new], cls_row, rows[cls_index_new:]))
+    return rows[None]
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strictly load ``state_dict``; raise CheckpointError naming every missing, extra or misshaped key."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if state_dict[k].shape != expected[k].shape
+    )
+    if missing or unexpected or misshaped:
+        parts = [
+            f"{label} ({len(items)}): {items[:8]}{' ...' if len(items) > 8 else ''}"
+            for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                 ("shape mismatches", misshaped))
+            if items
+        ]
+        raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,45 @@
+"""Model registry: ``create_model(name, ...)`` as in timm; each variant is a named config builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+ModelBuilder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: ModelBuilder
+    description: str
+    weights: Path | None = None  # shipped weights file for pretrained=True
+    dataset: str = "imagenet"  # what `mambatr eval` evaluates it on: "imagenet" (folder) or "fashion_mnist"
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, description: str, weights: Path | None = None, dataset: str = "imagenet"
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    def decorator(builder: ModelBuilder) -> ModelBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, description, weights, dataset)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    return _REGISTRY[name]

@@ -1,0 +1,323 @@
+"""Vision Mamba (hustvl/Vim) in pure PyTorch, with the official state-dict layout.
+
+Faithful to ``vim_*_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2``:
+bidirectional "v2" mixer with separate backward parameters, class token in the middle of the
+sequence, RMSNorm, float32 residual stream, mixer output divided by 2. The backward branch runs
+on the time-reversed sequence; here it is computed with a reverse scan and an anti-causal conv,
+which equals flip -> branch -> flip without materialising the flips.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mambatr.ops import causal_conv1d, selective_scan
+
+ClsPosition = Literal["middle", "first", "none"]
+
+
+@dataclass(frozen=True)
+class VimConfig:
+    """Architecture of a Vim-style model; every field maps to an official hyper-parameter."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    stride: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 192
+    depth: int = 24
+    d_state: int = 16
+    expand: int = 2
+    d_conv: int = 4
+    dt_rank: int | None = None  # None: ceil(embed_dim / 16), as mamba_ssm
+    cls_position: ClsPosition = "middle"
+    divide_output: bool = True  # Vim's "div2": out_proj((y_f + y_b) / 2)
+    norm_eps: float = 1e-5
+    extra: dict = field(default_factory=dict, compare=False)  # free-form metadata (e.g. training recipe)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "img_size": self.img_size >= self.patch_size,
+            "patch_size": self.patch_size > 0,
+            "stride": self.stride > 0,
+            "in_chans": self.in_chans > 0,
+            "num_classes": self.num_classes > 0,
+            "embed_dim": self.embed_dim > 0,
+            "depth": self.depth > 0,
+            "d_state": self.d_state > 0,
+            "expand": self.expand > 0,
+            "d_conv": self.d_conv > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid VimConfig fields {bad}: {self}")
+        if self.cls_position not in ("middle", "first", "none"):
+            raise ValueError(f"cls_position must be 'middle', 'first' or 'none', got {self.cls_position!r}")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.embed_dim
+
+    @property
+    def rank(self) -> int:
+        return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
+
+    @property
+    def grid(self) -> int:
+        return (self.img_size - self.patch_size) // self.stride + 1
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    @property
+    def has_cls(self) -> bool:
+        return self.cls_position != "none"
+
+    @property
+    def seq_len(self) -> int:
+        return self.num_patches + int(self.has_cls)
+
+    @property
+    def cls_index(self) -> int | None:
+        """Index of the class token in the initial sequence (Vim: M // 2)."""
+        return {"middle": self.num_patches // 2, "first": 0, "none": None}[self.cls_position]
+
+    def with_overrides(self, **overrides) -> VimConfig:
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown VimConfig fields {sorted(unknown)}")
+        return replace(self, **overrides)
+
+
+@dataclass
+class BranchInternals:
+    """What one scan direction computed, all in original token order."""
+
+    delta: torch.Tensor  # (B, L, E) post-softplus timescale
+    B: torch.Tensor  # (B, L, N)
+    C: torch.Tensor  # (B, L, N)
+    y: torch.Tensor  # (B, L, E) gated SSM output, before out_proj
+
+
+@dataclass
+class BlockInternals:
+    """The seam for token reduction: everything a method may read from the block that just ran."""
+
+    forward: BranchInternals
+    backward: BranchInternals
+    hidden: torch.Tensor  # (B, L, D) mixer output of this block
+    residual: torch.Tensor  # (B, L, D) float32 residual stream entering this block's norm
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The residual stream's dtype: float32 (official ``residual_in_fp32``), or float64 for float64 models."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in float32 (float64 for float64), cast to the weight's dtype (mamba_ssm's rms_norm_fn)."""
+    acc = x.to(accumulate_dtype(weight.dtype))
+    return (acc * torch.rsqrt(acc.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc.dtype)).to(weight.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify to (B, M, D) in raster order (row * grid + col)."""
+
+    def __init__(self, config: VimConfig) -> None:
+        super().__init__()
+        self.img_size = config.img_size
+        self.in_chans = config.in_chans
+        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, config.patch_size, stride=config.stride)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != self.in_chans:
+            raise ValueError(f"expected images (B, {self.in_chans}, H, W), got shape {tuple(images.shape)}")
+        if images.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"expected {self.img_size}x{self.img_size} images, got {images.shape[-2]}x{images.shape[-1]}; "
+                "create the model with img_size=... (position embeddings are interpolated on load)"
+            )
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class BiMambaMixer(nn.Module):
+    """Vim's bidirectional "v2" Mamba mixer; parameter names match the official checkpoints."""
+
+    def __init__(self, config: VimConfig) -> None:
+        super().__init__()
+        d, e, n, r = config.embed_dim, config.d_inner, config.d_state, config.rank
+        self.d_state, self.rank, self.divide_output = n, r, config.divide_output
+        self.in_proj = nn.Linear(d, 2 * e, bias=False)
+        self.out_proj = nn.Linear(e, d, bias=False)
+        a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1)
+        for suffix in ("", "_b"):
+            self.add_module(f"conv1d{suffix}", nn.Conv1d(e, e, config.d_conv, groups=e, padding=config.d_conv - 1))
+            self.add_module(f"x_proj{suffix}", nn.Linear(e, r + 2 * n, bias=False))
+            self.add_module(f"dt_proj{suffix}", nn.Linear(r, e, bias=True))
+        self.A_log = nn.Parameter(a_log.clone())
+        self.D = nn.Parameter(torch.ones(e))
+        self.A_b_log = nn.Parameter(a_log.clone())
+        self.D_b = nn.Parameter(torch.ones(e))
+        self.scan_impl = "auto"
+
+    def _branch(
+        self, x: torch.Tensor, z: torch.Tensor, backward: bool, gap: torch.Tensor | None, capture: bool
+    ) -> tuple[torch.Tensor, BranchInternals | None]:
+        suffix = "_b" if backward else ""
+        conv: nn.Conv1d = getattr(self, f"conv1d{suffix}")
+        x_proj: nn.Linear = getattr(self, f"x_proj{suffix}")
+        dt_proj: nn.Linear = getattr(self, f"dt_proj{suffix}")
+        acc = accumulate_dtype(x.dtype)
+        A = -torch.exp(getattr(self, "A_b_log" if backward else "A_log").to(acc))
+        D = getattr(self, "D_b" if backward else "D").to(acc)
+        xc = causal_conv1d(x, conv.weight[:, 0], conv.bias, silu=True, reverse=backward, impl=self.scan_impl)
+        dt, B, C = x_proj(xc).split([self.rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, dt_proj.weight)  # the bias is added inside the scan, before softplus
+        y = selective_scan(
+            xc, dt, A, B, C, D, z=z, delta_bias=dt_proj.bias.to(acc), delta_softplus=True,
+            gap=gap, reverse=backward, impl=self.scan_impl,
+        )
+        if not capture:
+            return y, None
+        delta = F.softplus(dt.to(acc) + dt_proj.bias.to(acc))
+        return y, BranchInternals(delta=delta, B=B, C=C, y=y)
+
+    def forward(
+        self,
+        u: torch.Tensor,
+        gaps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        capture: bool = False,
+    ) -> tuple[torch.Tensor, tuple[BranchInternals, BranchInternals] | None]:
+        """u (B, L, D) -> (B, L, D). ``gaps``: per-direction pruned-gap counts (HSA alignment)."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)
+        y_f, internals_f = self._branch(x, z, backward=False, gap=gaps[0], capture=capture)
+        y_b, internals_b = self._branch(x, z, backward=True, gap=gaps[1], capture=capture)
+        y = y_f + y_b
+        if self.divide_output:
+            y = y / 2
+        out = self.out_proj(y)
+        return out, ((internals_f, internals_b) if capture else None)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: residual += hidden; hidden = mixer(norm(residual))."""
+
+    def __init__(self, config: VimConfig) -> None:
+        super().__init__()
+        self.norm = RMSNorm(config.embed_dim, eps=config.norm_eps)
+        self.mixer = BiMambaMixer(config)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        gaps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        capture: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, BlockInternals | None]:
+        acc = accumulate_dtype(self.norm.weight.dtype)
+        residual = hidden.to(acc) if residual is None else residual + hidden.to(acc)
+        hidden, branches = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), gaps=gaps, capture=capture)
+        if branches is None:
+            return hidden, residual, None
+        return hidden, residual, BlockInternals(branches[0], branches[1], hidden=hidden, residual=residual)
+
+
+class VisionMamba(nn.Module):
+    """Vim classifier: patch embed, class token, position embedding, Mamba blocks, norm, head."""
+
+    def __init__(self, config: VimConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.embed_dim
+        self.patch_embed = PatchEmbed(config)
+        if config.has_cls:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.seq_len, d))
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.norm_f = RMSNorm(d, eps=config.norm_eps)
+        self.head = nn.Linear(d, config.num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as the official code does (trunc-normal pos/cls/head, Mamba's dt/A/D init)."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.config.has_cls:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        rank = self.config.rank
+        for layer in self.layers:
+            mixer = layer.mixer
+            for dt_proj in (mixer.dt_proj, mixer.dt_proj_b):
+                nn.init.uniform_(dt_proj.weight, -(rank**-0.5), rank**-0.5)
+                dt = torch.exp(torch.rand(dt_proj.bias.shape) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+                dt = dt.clamp(min=1e-4)
+                with torch.no_grad():
+                    dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            # mamba_ssm rescales out_proj by 1/sqrt(n_layer) (GPT-2 style) in _init_weights
+            nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                mixer.out_proj.weight /= math.sqrt(self.config.depth)
+
+    @property
+    def scan_impl(self) -> str:
+        return self.layers[0].mixer.scan_impl
+
+    @scan_impl.setter
+    def scan_impl(self, impl: str) -> None:
+        for layer in self.layers:
+            layer.mixer.scan_impl = impl
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with the class token inserted at ``config.cls_index`` and positions added."""
+        tokens = self.patch_embed(images)
+        index = self.config.cls_index
+        if index is not None:
+            cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+            tokens = torch.cat((tokens[:, :index], cls, tokens[:, index:]), dim=1)
+        return tokens + self.pos_embed
+
+    def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, cls_index: int | None) -> torch.Tensor:
+        """Final add + norm, then the class token (or the mean of all tokens without one)."""
+        features = rms_norm(residual + hidden.to(residual.dtype), self.norm_f.weight, self.norm_f.eps)
+        return features[:, cls_index] if cls_index is not None else features.mean(dim=1)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        hidden, residual = self.embed(images), None
+        for layer in self.layers:
+            hidden, residual, _ = layer(hidden, residual)
+        return self.final_features(hidden, residual, self.config.cls_index)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(images))
+
+
+def adapt_vim_state_dict(state_dict: dict[str, torch.Tensor], config: VimConfig) -> dict[str, torch.Tensor]:
+    """Resample ``pos_embed`` when the checkpoint's grid differs from the model's (other image size)."""
+    from mambatr.models.checkpoint import resample_pos_embed
+
+    pos = state_dict.get("pos_embed")
+    if pos is None or pos.ndim != 3 or pos.shape[1] == config.seq_len:
+        return state_dict
+    old_patches = pos.shape[1] - int(config.has_cls)
+    old_index = {"middle": old_patches // 2, "first": 0, "none": None}[config.cls_position]
+    resampled = resample_pos_embed(pos, config.grid, old_index, config.cls_index)
+    return {**state_dict, "pos_embed": resampled}
