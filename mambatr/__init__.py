@@ -2,6 +2,10 @@
 
 from mambatr.flops import count_flops
 from mambatr.models import VimConfig, VisionMamba, create_model, list_models, load_checkpoint
+from mambatr.reduction import METHODS, apply, remove
 
-__all__ = ["VimConfig", "VisionMamba", "count_flops", "create_model", "list_models", "load_checkpoint"]
+__all__ = [
+    "METHODS", "VimConfig", "VisionMamba", "apply", "count_flops", "create_model", "list_models",
+    "load_checkpoint", "remove",
+]
 __version__ = "0.1.0"

@@ -254,6 +254,7 @@ class VisionMamba(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm_f = RMSNorm(d, eps=config.norm_eps)
         self.head = nn.Linear(d, config.num_classes)
+        self.reduction = None  # set by mambatr.apply: a method and per-layer removal counts
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -295,16 +296,28 @@ class VisionMamba(nn.Module):
             tokens = torch.cat((tokens[:, :index], cls, tokens[:, index:]), dim=1)
         return tokens + self.pos_embed
 
-    def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, cls_index: int | None) -> torch.Tensor:
-        """Final add + norm, then the class token (or the mean of all tokens without one)."""
+    def final_features(
+        self, hidden: torch.Tensor, residual: torch.Tensor, cls_index: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Final add + norm, then each image's class token (or the mean of all tokens without one)."""
         features = rms_norm(residual + hidden.to(residual.dtype), self.norm_f.weight, self.norm_f.eps)
-        return features[:, cls_index] if cls_index is not None else features.mean(dim=1)
+        if cls_index is None:
+            return features.mean(dim=1)
+        return features[torch.arange(features.shape[0], device=features.device), cls_index]
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        hidden, residual = self.embed(images), None
-        for layer in self.layers:
-            hidden, residual, _ = layer(hidden, residual)
-        return self.final_features(hidden, residual, self.config.cls_index)
+        from mambatr.reduction.state import TokenState
+
+        state = TokenState.initial(self.embed(images), self.config.cls_index)
+        hidden, residual = state.hidden, None
+        removals = self.reduction.removals if self.reduction is not None else {}
+        for index, layer in enumerate(self.layers):
+            count = removals.get(index, 0)
+            hidden, residual, internals = layer(hidden, residual, gaps=state.gaps, capture=count > 0)
+            if count > 0:
+                state = self.reduction.method.reduce(state.with_streams(hidden, residual), internals, count)
+                hidden, residual = state.hidden, state.residual
+        return self.final_features(hidden, residual, state.cls_index())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(images))

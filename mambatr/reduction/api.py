@@ -1,0 +1,84 @@
+"""``mambatr.apply(model, method, flops_reduction)`` / ``mambatr.remove(model)``, as ToMe's patch API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from mambatr.flops import count_flops
+from mambatr.models.vim import VisionMamba
+from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.registry import build_method
+from mambatr.reduction.schedule import (
+    check_layers, default_layers, reduced_flops, removals_for, solve,
+)
+
+
+@dataclass
+class Reduction:
+    """What a patched model runs: the method and exact per-layer removal counts."""
+
+    method: ReductionMethod
+    removals: dict[int, int]
+
+
+@dataclass
+class ReductionReport:
+    method: str
+    options: dict
+    layers: list[int]
+    removals: dict[int, int]
+    tokens_per_layer: list[int]
+    gflops_dense: float
+    gflops: float
+    flops_reduction_target: float | None
+    flops_reduction_achieved: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _backbone(model: nn.Module) -> VisionMamba:
+    if not isinstance(model, VisionMamba):
+        raise TypeError(f"token reduction supports VisionMamba models, got {type(model).__name__}")
+    return model
+
+
+def apply(
+    model: nn.Module,
+    method: str = "mtr",
+    flops_reduction: float | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    ratio: float | None = None,
+    **options: object,
+) -> ReductionReport:
+    """Patch ``model`` in place to reduce tokens; give a FLOPs target or the method's ratio, not both."""
+    backbone = _backbone(model)
+    config = backbone.config
+    reducer = build_method(method, **options)
+    layers = check_layers(layers if layers is not None else default_layers(config.depth), config.depth)
+    if (flops_reduction is None) == (ratio is None):
+        raise ValueError("give exactly one of flops_reduction (a FLOPs target) or ratio (the method's amount)")
+    if ratio is not None:
+        if not 0.0 <= ratio <= reducer.max_amount:
+            raise ValueError(f"{method}: ratio must be in [0, {reducer.max_amount}], got {ratio}")
+        removals = removals_for(config, reducer, layers, ratio)
+    else:
+        removals = solve(config, reducer, layers, flops_reduction)
+    report = reduced_flops(config, reducer, removals)
+    dense = count_flops(config).total
+    backbone.reduction = Reduction(reducer, removals) if any(removals.values()) else None
+    return ReductionReport(
+        method=method, options=reducer.describe(), layers=layers, removals=removals,
+        tokens_per_layer=[layer.tokens for layer in report.layers], gflops_dense=dense / 1e9,
+        gflops=report.gflops, flops_reduction_target=flops_reduction,
+        flops_reduction_achieved=1.0 - report.total / dense,
+    )
+
+
+def remove(model: nn.Module) -> None:
+    """Undo ``apply``: the model runs dense again."""
+    _backbone(model).reduction = None

@@ -1,0 +1,54 @@
+"""What every reduction method provides, so the solver, the API and the CLI treat them alike."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.reduction.state import TokenState
+
+
+class ReductionMethod(ABC):
+    """A training-free method: given a block's internals, remove exactly ``count`` tokens.
+
+    ``amount`` is the method's own knob (MTR: the ratio r of the current token count) and
+    ``removal(amount, tokens)`` turns it into a count; the FLOPs solver searches over it.
+    """
+
+    name: ClassVar[str]
+    amount_name: ClassVar[str] = "ratio"
+    max_amount: ClassVar[float] = 0.5
+    # option -> its default and either the allowed values (a tuple) or the required type
+    options: ClassVar[dict[str, tuple[object, tuple[object, ...] | type]]] = {}
+
+    def __init__(self, **options: object) -> None:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown options {sorted(unknown)}; known: {sorted(self.options)}")
+        for key, (default, allowed) in self.options.items():
+            value = options.get(key, default)
+            if isinstance(allowed, tuple) and value not in allowed:
+                raise ValueError(f"{self.name}: {key}={value!r} is not one of {list(allowed)}")
+            if isinstance(allowed, type) and not isinstance(value, allowed):
+                raise ValueError(f"{self.name}: {key} must be {allowed.__name__}, got {value!r}")
+            setattr(self, key, value)
+
+    def describe(self) -> dict[str, object]:
+        return {key: getattr(self, key) for key in self.options}
+
+    @abstractmethod
+    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
+        """Tokens removed at a layer holding ``tokens`` tokens, for the given amount."""
+
+    @abstractmethod
+    def max_removal(self, tokens: int, has_cls: bool) -> int:
+        """The most tokens this method can remove at one layer (it never removes the class token)."""
+
+    @abstractmethod
+    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+        """MACs the method itself spends at one layer (importance, similarity, sorting, merging)."""
+
+    @abstractmethod
+    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
+        """The state after removing exactly ``count`` tokens (survivors in original order)."""

@@ -1,0 +1,94 @@
+"""MTR (Mamba Token Reduction): Δ-importance, keep / target / source groups, merge sources into targets.
+
+1. importance s_i = mean over channels of (Δ_forward + Δ_backward) from the block that just ran;
+2. rank tokens by s (class token excluded): top c = keep, bottom c = source, the rest = target;
+3. each source joins its most similar target (cosine similarity of the hidden state);
+4. each group (a target and its sources) becomes its mean (or size-weighted mean), at the target's
+   position; keep tokens are untouched; survivors return in original order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.state import TokenState, gather_tokens, make_plan
+
+INDICATORS = ("delta", "B", "C", "cls", "norm", "random")
+INDICATOR_HELP = {
+    "delta": "mean over channels of Δ_forward + Δ_backward (the paper's choice)",
+    "B": "mean over the state dim of |B_forward| + |B_backward|",
+    "C": "mean over the state dim of |C_forward| + |C_backward|",
+    "cls": "cosine similarity of each token's hidden state to the class token's (EViT-style)",
+    "norm": "L2 norm of the hidden state",
+    "random": "uniform random scores (a floor for the others; seeded by the `seed` option)",
+}
+STRATEGY_HELP = {
+    "merge": "sources merge into their most similar target in hidden and residual (the paper's choice)",
+    "prune": "sources are dropped from hidden and residual",
+    "hybrid": "sources are dropped from the hidden stream but merged into the residual stream",
+}
+
+
+def importance(state: TokenState, internals: BlockInternals, indicator: str, seed: int = 0) -> torch.Tensor:
+    """(B, L) token importance under the chosen indicator; higher means more important."""
+    f, b = internals.forward, internals.backward
+    if indicator == "delta":
+        return (f.delta + b.delta).float().mean(-1)
+    if indicator in ("B", "C"):
+        return (getattr(f, indicator).abs() + getattr(b, indicator).abs()).float().mean(-1)
+    if indicator == "norm":
+        return state.hidden.float().norm(dim=-1)
+    if indicator == "cls":
+        if state.cls_position is None:
+            raise ValueError("indicator 'cls' needs a model with a class token")
+        cls = gather_tokens(state.hidden, state.cls_index()[:, None]).float()
+        return F.cosine_similarity(state.hidden.float(), cls, dim=-1)
+    generator = torch.Generator(device=state.hidden.device).manual_seed(seed + state.length)
+    return torch.rand(state.positions.shape, generator=generator, device=state.hidden.device)
+
+
+class MTR(ReductionMethod):
+    name = "mtr"
+    options = {
+        "indicator": ("delta", INDICATORS),
+        "strategy": ("merge", tuple(STRATEGY_HELP)),
+        "weights": ("mean", ("mean", "size")),
+        "seed": (0, int),
+    }
+
+    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
+        return math.floor(amount * (tokens - int(has_cls)))
+
+    def max_removal(self, tokens: int, has_cls: bool) -> int:
+        return (tokens - int(has_cls) - 1) // 2  # keep and source both hold c tokens, one target at least
+
+    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+        targets = tokens - 2 * count - 1
+        score = 2 * tokens * config.d_inner  # Δ_f + Δ_b, channel mean
+        rank = tokens * max(1, math.ceil(math.log2(tokens)))  # sort
+        similarity = (count + targets) * 2 * config.embed_dim + count * targets * config.embed_dim  # normalise + dot
+        merge = 2 * 2 * count * config.embed_dim  # scatter-add into targets, hidden and residual
+        return score + rank + similarity + merge
+
+    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
+        if count > self.max_removal(state.length, state.cls_position is not None):
+            raise ValueError(f"mtr: cannot remove {count} of {state.length} tokens (keep and source hold c each)")
+        score = importance(state, internals, self.indicator, self.seed)
+        score = score.masked_fill(~state.reducible_mask(), float("inf"))  # the class token ranks first, untouched
+        order = score.argsort(dim=1, descending=True)
+        protected = int(state.cls_position is not None)
+        keep = order[:, : protected + count]
+        targets = order[:, protected + count : state.length - count]
+        sources = order[:, state.length - count :]
+        hidden = F.normalize(state.hidden.float(), dim=-1)
+        similarity = gather_tokens(hidden, sources) @ gather_tokens(hidden, targets).transpose(1, 2)
+        into = torch.gather(targets, 1, similarity.argmax(dim=-1))
+        plan = make_plan(state, torch.cat((keep, targets), dim=1), sources, into, self.weights)
+        if self.strategy == "prune":
+            return plan.apply(state, hidden=False, residual=False)
+        return plan.apply(state, hidden=self.strategy == "merge", residual=True)

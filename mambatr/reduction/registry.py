@@ -1,0 +1,16 @@
+"""Reduction methods by name: adding a method is one file plus one line here."""
+
+from __future__ import annotations
+
+from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.mtr import MTR
+
+METHODS: dict[str, type[ReductionMethod]] = {
+    "mtr": MTR,
+}
+
+
+def build_method(name: str, **options: object) -> ReductionMethod:
+    if name not in METHODS:
+        raise ValueError(f"unknown reduction method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name](**options)

@@ -1,0 +1,90 @@
+"""Where and how much to reduce: default layers per depth, token counts, and the FLOPs-target solver."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mambatr.flops import FlopsReport, count_flops
+from mambatr.models.vim import VimConfig
+from mambatr.reduction.base import ReductionMethod
+
+TOLERANCE = 0.005  # achieved FLOPs reduction must land within 0.5 points of the target
+# Our default: reduce after four evenly spaced blocks, HSA's ViM-S schedule (after blocks 5, 10, 15, 20
+# of 24) scaled to the model's depth. The MTR paper only says reduction "can be performed at any layer".
+DEFAULT_FRACTIONS = (5 / 24, 10 / 24, 15 / 24, 20 / 24)
+
+
+def default_layers(depth: int) -> list[int]:
+    """0-indexed blocks after which reduction runs (ViM-S, depth 24: 4, 9, 14, 19)."""
+    layers = sorted({max(0, int(depth * f + 0.5) - 1) for f in DEFAULT_FRACTIONS})
+    return [layer for layer in layers if layer < depth - 1]
+
+
+def check_layers(layers: Sequence[int], depth: int) -> list[int]:
+    layers = sorted(set(layers))
+    if not layers:
+        raise ValueError("no reduction layers given")
+    bad = [layer for layer in layers if not 0 <= layer < depth - 1]
+    if bad:
+        raise ValueError(f"reduction layers {bad} out of range: a depth-{depth} model reduces after blocks "
+                         f"0..{depth - 2} (a reduction after the last block would save nothing)")
+    return layers
+
+
+def removals_for(config: VimConfig, method: ReductionMethod, layers: Sequence[int], amount: float) -> dict[int, int]:
+    """Tokens removed after each layer when the method's knob is ``amount``."""
+    tokens, removals = config.seq_len, {}
+    for layer in layers:
+        count = min(method.removal(amount, tokens, config.has_cls), method.max_removal(tokens, config.has_cls))
+        removals[layer] = max(count, 0)
+        tokens -= removals[layer]
+    return removals
+
+
+def reduced_flops(config: VimConfig, method: ReductionMethod, removals: dict[int, int]) -> FlopsReport:
+    """Analytic FLOPs with the method's own overhead counted at every reducing layer."""
+    tokens, per_layer, overhead = config.seq_len, [], {}
+    for block in range(config.depth):
+        per_layer.append(tokens)
+        count = removals.get(block, 0)
+        if count:
+            if count > method.max_removal(tokens, config.has_cls):
+                raise ValueError(f"{method.name}: cannot remove {count} of {tokens} tokens after block {block}")
+            overhead[block] = method.overhead(config, tokens, count)
+            tokens -= count
+    return count_flops(config, per_layer, overhead=overhead)
+
+
+def achieved_reduction(config: VimConfig, method: ReductionMethod, removals: dict[int, int]) -> float:
+    return 1.0 - reduced_flops(config, method, removals).total / count_flops(config).total
+
+
+def solve(config: VimConfig, method: ReductionMethod, layers: Sequence[int], target: float) -> dict[int, int]:
+    """Per-layer removals whose FLOPs reduction is within 0.5 points of ``target``.
+
+    Bisection over the method's amount (fixed across layers, as the MTR paper does), then the last
+    reducing layer's count is nudged (its tokens are the cheapest) to land closest to the target.
+    """
+    if not 0.0 < target < 0.9:
+        raise ValueError(f"flops_reduction must be in (0, 0.9), got {target}")
+    low, high = 0.0, method.max_amount
+    for _ in range(40):
+        middle = (low + high) / 2
+        if achieved_reduction(config, method, removals_for(config, method, layers, middle)) < target:
+            low = middle
+        else:
+            high = middle
+    candidates = [removals_for(config, method, layers, amount) for amount in (low, high)]
+    last = layers[-1]
+    for base in list(candidates):
+        tokens_at_last = config.seq_len - sum(count for layer, count in base.items() if layer < last)
+        for count in range(method.max_removal(tokens_at_last, config.has_cls) + 1):
+            candidates.append({**base, last: count})
+    best = min(candidates, key=lambda r: abs(achieved_reduction(config, method, r) - target))
+    achieved = achieved_reduction(config, method, best)
+    if abs(achieved - target) > TOLERANCE:
+        raise ValueError(
+            f"{method.name}: cannot reach {target:.1%} FLOPs reduction at layers {list(layers)} "
+            f"(closest: {achieved:.1%}); choose other layers or a smaller target"
+        )
+    return best

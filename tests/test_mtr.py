@@ -1,0 +1,145 @@
+import pytest
+import torch
+
+import mambatr
+from mambatr.models.vim import BlockInternals, BranchInternals
+from mambatr.reduction.mtr import MTR
+from mambatr.reduction.state import TokenState
+
+
+def _internals(delta_per_token: list[float], hidden: torch.Tensor) -> BlockInternals:
+    batch, length = hidden.shape[:2]
+    delta = torch.tensor(delta_per_token).reshape(1, length, 1).expand(batch, length, 4)
+    branch = BranchInternals(delta=delta, B=torch.ones(batch, length, 2), C=torch.ones(batch, length, 2),
+                             y=torch.zeros(batch, length, 4))
+    return BlockInternals(branch, branch, hidden=hidden, residual=hidden)
+
+
+def _state(hidden: torch.Tensor, cls_position: int | None) -> TokenState:
+    state = TokenState.initial(hidden, cls_position)
+    return state.with_streams(hidden, hidden.float() * 10)
+
+
+def test_groups_and_merged_values_on_hand_made_tokens():
+    # 7 tokens, class token at 3. Importance (Δ): keep = {5}, source = {1}, targets = {0, 2, 4, 6} for c = 1.
+    delta = [0.5, 0.1, 0.4, 9.0, 0.3, 0.9, 0.35]
+    hidden = torch.tensor([[[1.0, 0], [0.9, 0.1], [0, 1], [5, 5], [-1, 0], [0, -1], [0.5, 0.5]]])
+    state = _state(hidden, cls_position=3)
+    out = MTR().reduce(state, _internals(delta, hidden), count=1)
+    # token 1 (least important) is most similar (cosine) to token 0 -> merged into it, mean
+    assert out.positions.tolist() == [[0, 2, 3, 4, 5, 6]]
+    expected = hidden[0, [0, 2, 3, 4, 5, 6]].clone()
+    expected[0] = (hidden[0, 0] + hidden[0, 1]) / 2
+    torch.testing.assert_close(out.hidden[0], expected)
+    torch.testing.assert_close(out.residual[0], expected * 10)
+    assert out.sizes.tolist() == [[2, 1, 1, 1, 1, 1]]
+    assert out.cls_index().tolist() == [2]
+
+
+def test_keep_tokens_untouched_and_size_weighted_mean():
+    delta = [0.5, 0.1, 0.2, 9.0, 0.3, 0.9, 0.35]
+    hidden = torch.randn(2, 7, 3)
+    state = _state(hidden, cls_position=3)
+    state.sizes[:, 0] = 3.0
+    out = MTR(weights="size").reduce(state, _internals(delta, hidden), count=2)  # keep {5, 0}, source {1, 2}
+    assert out.length == 5
+    kept = (out.positions == 5).nonzero()[:, 1]
+    torch.testing.assert_close(out.hidden[[0, 1], kept], hidden[:, 5])
+    assert out.sizes.sum(dim=1).tolist() == [9.0, 9.0]  # sizes are conserved
+
+
+@pytest.mark.parametrize("weights", ["mean", "size"])
+def test_merging_identical_tokens_changes_nothing(weights):
+    hidden = torch.randn(1, 1, 6).expand(2, 9, 6).contiguous()
+    state = _state(hidden, cls_position=4)
+    out = MTR(weights=weights).reduce(state, _internals(torch.rand(9).tolist(), hidden), count=3)
+    assert out.length == 6
+    torch.testing.assert_close(out.hidden, hidden[:, :6])
+    torch.testing.assert_close(out.residual, hidden[:, :6] * 10)
+    assert (out.positions.diff(dim=1) > 0).all()
+
+
+@pytest.mark.parametrize("cls_position", ["middle", "first", "none"])
+def test_order_and_class_token_preserved(tiny_vim, cls_position):
+    model = tiny_vim(cls_position=cls_position)
+    images = torch.randn(3, 3, 16, 16)
+    report = mambatr.apply(model, "mtr", ratio=0.3, layers=[0, 1])
+    n, has_cls = model.config.seq_len, int(model.config.has_cls)
+    first = n - int(0.3 * (n - has_cls))
+    assert report.tokens_per_layer == [n, first, first - int(0.3 * (first - has_cls))]
+    seen = []
+    original = model.reduction.method.reduce
+
+    def spy(state, internals, count):
+        out = original(state, internals, count)
+        seen.append(out)
+        return out
+
+    model.reduction.method.reduce = spy
+    assert model(images).shape == (3, 5)
+    for out in seen:
+        assert (out.positions.diff(dim=1) > 0).all()  # original order
+        if model.config.cls_index is not None:
+            index = out.cls_index()
+            assert (out.positions[torch.arange(3), index] == model.config.cls_index).all()
+
+
+def test_ratio_zero_is_bit_identical_and_remove_restores(tiny_vim):
+    model = tiny_vim()
+    images = torch.randn(4, 3, 16, 16)
+    dense = model(images)
+    mambatr.apply(model, "mtr", ratio=0.0)
+    assert torch.equal(model(images), dense)
+    mambatr.apply(model, "mtr", ratio=0.4)
+    assert not torch.equal(model(images), dense)
+    mambatr.remove(model)
+    assert torch.equal(model(images), dense)
+
+
+@pytest.mark.parametrize("indicator", ["delta", "B", "C", "cls", "norm", "random"])
+@pytest.mark.parametrize("strategy", ["merge", "prune", "hybrid"])
+def test_every_indicator_and_strategy_runs(tiny_vim, indicator, strategy):
+    model = tiny_vim()
+    mambatr.apply(model, "mtr", ratio=0.25, indicator=indicator, strategy=strategy)
+    assert torch.isfinite(model(torch.randn(2, 3, 16, 16))).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dtypes_and_gradients(tiny_vim, dtype):
+    model = tiny_vim().to(dtype)
+    mambatr.apply(model, "mtr", ratio=0.3)
+    images = torch.randn(2, 3, 16, 16, dtype=dtype, requires_grad=True)
+    logits = model(images)
+    assert logits.dtype == dtype
+    if dtype == torch.float32:
+        logits.sum().backward()
+        assert images.grad is not None and torch.isfinite(images.grad).all()
+        assert model.layers[-1].mixer.in_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("name, target", [("vim_small", 0.2), ("vim_small", 0.3), ("vim_small", 0.4),
+                                          ("vim_tiny", 0.3), ("vim_fmnist", 0.2), ("vim_fmnist", 0.3),
+                                          ("vim_fmnist", 0.4)])
+def test_solver_hits_target(name, target):
+    with torch.device("meta"):
+        model = mambatr.create_model(name)
+    report = mambatr.apply(model, "mtr", target)
+    assert abs(report.flops_reduction_achieved - target) <= 0.005
+    assert report.gflops < report.gflops_dense
+
+
+def test_clear_errors(tiny_vim):
+    model = tiny_vim()
+    for bad in (0.0, 0.9, 1.2, -0.1):
+        with pytest.raises(ValueError, match=r"flops_reduction must be in \(0, 0.9\)"):
+            mambatr.apply(model, "mtr", bad)
+    with pytest.raises(ValueError, match="unknown reduction method 'tome2'"):
+        mambatr.apply(model, "tome2", 0.3)
+    with pytest.raises(ValueError, match="indicator='attention' is not one of"):
+        mambatr.apply(model, "mtr", 0.3, indicator="attention")
+    with pytest.raises(ValueError, match=r"reduction layers \[5\] out of range"):
+        mambatr.apply(model, "mtr", 0.3, layers=[0, 5])
+    with pytest.raises(ValueError, match="exactly one of"):
+        mambatr.apply(model, "mtr", 0.3, ratio=0.2)
+    with pytest.raises(ValueError, match="cannot remove 9 of 17 tokens"):
+        MTR().reduce(TokenState.initial(torch.randn(1, 17, 4), 8), None, count=9)
