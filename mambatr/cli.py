@@ -13,6 +13,7 @@ from mambatr.models import create_model, list_models, model_entry
 from mambatr.table import markdown_table
 
 DEMO_LIMIT = 10_000  # the whole Fashion-MNIST test split
+DEMO_TARGETS = (0.2, 0.3, 0.4)
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -64,21 +65,52 @@ def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
     return loader, len(dataset)
 
 
+def _reduction_options(args: argparse.Namespace) -> dict:
+    """mambatr.apply keyword arguments from --method/--flops-reduction/--ratio/--layers/--option."""
+    options = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        options[key] = int(value) if value.lstrip("-").isdigit() else value
+    for key in ("indicator", "strategy"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.layers is not None:
+        options["layers"] = [int(x) for x in args.layers.split(",") if x.strip()]
+    return {"flops_reduction": args.flops_reduction, "ratio": args.ratio, **options}
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from mambatr.evaluate import evaluate
+    from mambatr.reduction import apply
 
     torch.set_num_threads(args.threads)
     model = _load_model(args)
+    summary = {"model": args.model, "checkpoint": args.checkpoint, "split": args.split,
+               "gflops_dense": count_flops(model.config).gflops}
+    if args.method is not None:
+        report = apply(model, args.method, **_reduction_options(args))
+        summary.update(method=args.method, options=report.options, layers=report.layers,
+                       removals=report.removals, flops_reduction_target=report.flops_reduction_target,
+                       flops_reduction_achieved=report.flops_reduction_achieved,
+                       tokens_per_layer=report.tokens_per_layer)
+        summary["gflops"] = report.gflops
+    elif args.flops_reduction is not None or args.ratio is not None:
+        raise ValueError("--flops-reduction / --ratio need --method")
+    else:
+        summary["gflops"] = summary["gflops_dense"]
     batches, total = _eval_batches(args, model)
-    result = evaluate(model, batches, total=total, desc=f"eval {args.model}")
-    gflops = count_flops(model.config).gflops
-    summary = {"model": args.model, "checkpoint": args.checkpoint, "split": args.split, **result, "gflops": gflops}
+    summary.update(evaluate(model, batches, total=total, desc=f"eval {args.model}"))
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    print(markdown_table(["model", "images", "top-1 %", "loss", "GFLOPs", "images/s"],
-                        [[args.model, result["images"], result["top1"], result["loss"], gflops,
-                          result["images_per_s"]]]))
+    achieved = summary.get("flops_reduction_achieved")
+    print(markdown_table(
+        ["model", "method", "FLOPs reduction %", "images", "top-1 %", "loss", "GFLOPs", "images/s"],
+        [[args.model, args.method or "-", 100 * achieved if achieved is not None else 0.0, summary["images"],
+          summary["top1"], summary["loss"], summary["gflops"], summary["images_per_s"]]],
+    ))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -99,6 +131,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """The main job: the shipped model on the Fashion-MNIST test split, as a results table."""
     from mambatr import data
     from mambatr.evaluate import evaluate_tensors
+    from mambatr.reduction import apply, remove
 
     torch.set_num_threads(args.threads)
     model = create_model("vim_fmnist", pretrained=True).eval()
@@ -107,13 +140,32 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"mambatr demo: vim_fmnist (shipped weights) on {len(images):,} Fashion-MNIST test images",
           file=sys.stderr)
     dense = count_flops(model.config)
-    result = evaluate_tensors(model, images, labels, batch_size=args.batch_size)
+    result = evaluate_tensors(model, images, labels, batch_size=args.batch_size, progress=False)
     rows = [["baseline", "-", 0.0, dense.gflops * 1e3, result["top1"], 0.0, result["images_per_s"]]]
+    for target in DEMO_TARGETS:
+        report = apply(model, "mtr", target)
+        reduced = evaluate_tensors(model, images, labels, batch_size=args.batch_size, progress=False)
+        rows.append(["mtr", f"{target:.0%}", 100 * report.flops_reduction_achieved, report.gflops * 1e3,
+                     reduced["top1"], result["top1"] - reduced["top1"], reduced["images_per_s"]])
+        remove(model)
     headers = ["method", "target", "FLOPs reduction %", "MFLOPs/img", "top-1 %", "drop", "images/s"]
     if args.json:
         print(json.dumps([dict(zip(headers, row)) for row in rows], indent=2))
         return
     print(markdown_table(headers, rows))
+
+
+def _add_reduction_args(parser: argparse.ArgumentParser) -> None:
+    from mambatr.reduction import METHODS
+
+    group = parser.add_argument_group("token reduction")
+    group.add_argument("--method", choices=sorted(METHODS), help="token-reduction method (default: none)")
+    group.add_argument("--flops-reduction", type=float, help="FLOPs-reduction target in (0, 0.9), e.g. 0.3")
+    group.add_argument("--ratio", type=float, help="the method's own amount instead of a FLOPs target")
+    group.add_argument("--layers", help="comma-separated 0-indexed blocks to reduce after (default: per depth)")
+    group.add_argument("--indicator", help="MTR importance indicator: delta, B, C, cls, norm, random")
+    group.add_argument("--strategy", help="MTR strategy: merge, prune, hybrid")
+    group.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other method option")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=256)
     evaluation.add_argument("--workers", type=int, default=2, help="image-decoding workers (folders only)")
     evaluation.add_argument("--threads", type=int, default=torch.get_num_threads())
+    _add_reduction_args(evaluation)
     evaluation.set_defaults(run=cmd_eval)
 
     training = commands.add_parser("train", help="train a Vim model on Fashion-MNIST (CPU, resumable)")

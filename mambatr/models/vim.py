@@ -105,6 +105,7 @@ class BranchInternals:
     B: torch.Tensor  # (B, L, N)
     C: torch.Tensor  # (B, L, N)
     y: torch.Tensor  # (B, L, E) gated SSM output, before out_proj
+    y_ungated: torch.Tensor  # (B, L, E) SSM output before the SiLU(z) gate
 
 
 @dataclass
@@ -192,13 +193,14 @@ class BiMambaMixer(nn.Module):
         dt, B, C = x_proj(xc).split([self.rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight)  # the bias is added inside the scan, before softplus
         y = selective_scan(
-            xc, dt, A, B, C, D, z=z, delta_bias=dt_proj.bias.to(acc), delta_softplus=True,
-            gap=gap, reverse=backward, impl=self.scan_impl,
+            xc, dt, A, B, C, D, z=None if capture else z, delta_bias=dt_proj.bias.to(acc),
+            delta_softplus=True, gap=gap, reverse=backward, impl=self.scan_impl,
         )
         if not capture:
             return y, None
+        y_ungated, y = y, y * F.silu(z)  # gate outside the scan to expose the ungated output too
         delta = F.softplus(dt.to(acc) + dt_proj.bias.to(acc))
-        return y, BranchInternals(delta=delta, B=B, C=C, y=y)
+        return y, BranchInternals(delta=delta, B=B, C=C, y=y, y_ungated=y_ungated)
 
     def forward(
         self,
@@ -309,14 +311,15 @@ class VisionMamba(nn.Module):
         from mambatr.reduction.state import TokenState
 
         state = TokenState.initial(self.embed(images), self.config.cls_index)
-        hidden, residual = state.hidden, None
+        hidden, residual, gaps = state.hidden, None, (None, None)
         removals = self.reduction.removals if self.reduction is not None else {}
         for index, layer in enumerate(self.layers):
             count = removals.get(index, 0)
-            hidden, residual, internals = layer(hidden, residual, gaps=state.gaps, capture=count > 0)
+            hidden, residual, internals = layer(hidden, residual, gaps=gaps, capture=count > 0)
             if count > 0:
                 state = self.reduction.method.reduce(state.with_streams(hidden, residual), internals, count)
                 hidden, residual = state.hidden, state.residual
+                gaps = self.reduction.method.scan_gaps(state)
         return self.final_features(hidden, residual, state.cls_index())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import torch
+
 from mambatr.models.vim import BlockInternals, VimConfig
 from mambatr.reduction.state import TokenState
 
@@ -48,6 +50,10 @@ class ReductionMethod(ABC):
     @abstractmethod
     def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
         """MACs the method itself spends at one layer (importance, similarity, sorting, merging)."""
+
+    def scan_gaps(self, state: TokenState) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-direction gap counts for the later blocks' scans (HSA's alignment); none by default."""
+        return None, None
 
     @abstractmethod
     def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.hsa import HSA
 from mambatr.reduction.mtr import MTR
 
 METHODS: dict[str, type[ReductionMethod]] = {
     "mtr": MTR,
+    "hsa": HSA,
 }
 
 

@@ -24,7 +24,6 @@ class TokenState:
     positions: torch.Tensor  # (B, L) long: index of each token in the original, unreduced sequence
     sizes: torch.Tensor  # (B, L) float: how many original tokens each token stands for
     cls_position: int | None  # the class token's original index (never reduced); None without one
-    gaps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # HSA: pruned gaps per direction
 
     @classmethod
     def initial(cls, tokens: torch.Tensor, cls_position: int | None) -> TokenState:
@@ -48,6 +47,16 @@ class TokenState:
         if self.cls_position is None:
             return torch.ones_like(self.positions, dtype=torch.bool)
         return self.positions != self.cls_position
+
+    def position_gaps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(forward, backward) (B, L) counts of removed positions right before each token in scan order.
+
+        Forward: between the previous survivor and this one; backward: between this one and the next.
+        The first token in each scan order gets 0: its incoming state is zero whatever precedes it.
+        """
+        missing = self.positions.diff(dim=1) - 1
+        zero = torch.zeros_like(self.positions[:, :1])
+        return torch.cat((zero, missing), dim=1), torch.cat((missing, zero), dim=1)
 
     def with_streams(self, hidden: torch.Tensor, residual: torch.Tensor) -> TokenState:
         return replace(self, hidden=hidden, residual=residual)

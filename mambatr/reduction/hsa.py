@@ -1,0 +1,74 @@
+"""HSA: prune by clipped SSM-output importance, with pruning-aware hidden-state alignment.
+
+1. importance = sum over channels of max(0, y), y the gated SSM output of both scan directions
+   (backward in original order), before out_proj; options: ``source="backward"`` (the public code's
+   branch), ``gated=False`` (y before the SiLU(z) gate), ``clip=False`` (the paper's Table 3 ablation);
+2. keep the top tokens (class token always) in original order; prune the rest from hidden and residual;
+3. alignment (``align=True``): every later scan lets the state decay over each pruned gap, using the
+   previous kept token's delta: exp((delta_t + g * delta_prev) * A), with zero input over the gap.
+   ``align=False`` is plain pruning (the paper's Table 4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.state import TokenState, make_plan
+
+# 0-indexed blocks after which HSA prunes, as fractions of depth 24 (ViM-S):
+PRESETS = {
+    "paper": (5, 10, 15, 20),  # the paper's text for ViM-S (ViM-T: 10 and 20 -> preset "paper_tiny")
+    "paper_tiny": (10, 20),
+    "code": (5, 10, 15),  # the public code (ViM-S), keep ratio 0.8 per stage: ratio=0.2
+}
+
+
+def preset_layers(preset: str, depth: int) -> list[int]:
+    """A preset's "after layer k" (1-indexed, depth 24) scaled to ``depth``, as 0-indexed blocks."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown HSA preset {preset!r}; available: {sorted(PRESETS)}")
+    return sorted({max(0, round(k * depth / 24) - 1) for k in PRESETS[preset]})
+
+
+class HSA(ReductionMethod):
+    name = "hsa"
+    options = {
+        "align": (True, bool),
+        "clip": (True, bool),
+        "source": ("both", ("both", "backward")),
+        "gated": (True, bool),
+    }
+
+    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
+        return math.floor(amount * (tokens - int(has_cls)))
+
+    def max_removal(self, tokens: int, has_cls: bool) -> int:
+        return tokens - int(has_cls) - 1
+
+    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+        score = 2 * 2 * tokens * config.d_inner  # clip + channel sum, both directions
+        rank = tokens * max(1, math.ceil(math.log2(tokens)))
+        return score + rank
+
+    def importance(self, internals: BlockInternals) -> torch.Tensor:
+        branches = (internals.backward,) if self.source == "backward" else (internals.forward, internals.backward)
+        total = 0
+        for branch in branches:
+            y = (branch.y if self.gated else branch.y_ungated).float()
+            total = total + (y.clamp(min=0) if self.clip else y).sum(-1)
+        return total
+
+    def scan_gaps(self, state: TokenState) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return state.position_gaps() if self.align else (None, None)
+
+    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
+        if count > self.max_removal(state.length, state.cls_position is not None):
+            raise ValueError(f"hsa: cannot prune {count} of {state.length} tokens")
+        score = self.importance(internals).masked_fill(~state.reducible_mask(), float("inf"))
+        order = score.argsort(dim=1, descending=True)
+        keep, pruned = order[:, : state.length - count], order[:, state.length - count :]
+        return make_plan(state, keep, pruned).apply(state)
