@@ -11,7 +11,8 @@ def _internals(delta_per_token: list[float], hidden: torch.Tensor) -> BlockInter
     batch, length = hidden.shape[:2]
     delta = torch.tensor(delta_per_token).reshape(1, length, 1).expand(batch, length, 4)
     branch = BranchInternals(delta=delta, B=torch.ones(batch, length, 2), C=torch.ones(batch, length, 2),
-                             y=torch.zeros(batch, length, 4), y_ungated=torch.zeros(batch, length, 4))
+                             y=torch.zeros(batch, length, 4), y_ungated=torch.zeros(batch, length, 4),
+                             A=-torch.ones(4, 2))
     return BlockInternals(branch, branch, hidden=hidden, residual=hidden)
 
 

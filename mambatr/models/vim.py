@@ -106,6 +106,7 @@ class BranchInternals:
     C: torch.Tensor  # (B, L, N)
     y: torch.Tensor  # (B, L, E) gated SSM output, before out_proj
     y_ungated: torch.Tensor  # (B, L, E) SSM output before the SiLU(z) gate
+    A: torch.Tensor  # (E, N) the branch's state matrix, -exp(A_log)
 
 
 @dataclass
@@ -200,7 +201,7 @@ class BiMambaMixer(nn.Module):
             return y, None
         y_ungated, y = y, y * F.silu(z)  # gate outside the scan to expose the ungated output too
         delta = F.softplus(dt.to(acc) + dt_proj.bias.to(acc))
-        return y, BranchInternals(delta=delta, B=B, C=C, y=y, y_ungated=y_ungated)
+        return y, BranchInternals(delta=delta, B=B, C=C, y=y, y_ungated=y_ungated, A=A)
 
     def forward(
         self,

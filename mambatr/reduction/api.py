@@ -35,6 +35,7 @@ class ReductionReport:
     gflops: float
     flops_reduction_target: float | None
     flops_reduction_achieved: float
+    token_reduction: float  # 1 - (tokens summed over blocks) / (dense tokens summed over blocks)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,7 +60,9 @@ def apply(
     backbone = _backbone(model)
     config = backbone.config
     reducer = build_method(method, **options)
-    layers = check_layers(layers if layers is not None else default_layers(config.depth), config.depth)
+    if layers is None:
+        layers = reducer.preferred_layers(config.depth) or default_layers(config.depth)
+    layers = check_layers(layers, config.depth)
     if (flops_reduction is None) == (ratio is None):
         raise ValueError("give exactly one of flops_reduction (a FLOPs target) or ratio (the method's amount)")
     if ratio is not None:
@@ -76,6 +79,7 @@ def apply(
         tokens_per_layer=[layer.tokens for layer in report.layers], gflops_dense=dense / 1e9,
         gflops=report.gflops, flops_reduction_target=flops_reduction,
         flops_reduction_achieved=1.0 - report.total / dense,
+        token_reduction=1.0 - sum(layer.tokens for layer in report.layers) / (config.depth * config.seq_len),
     )
 
 

@@ -51,6 +51,10 @@ class ReductionMethod(ABC):
     def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
         """MACs the method itself spends at one layer (importance, similarity, sorting, merging)."""
 
+    def preferred_layers(self, depth: int) -> list[int] | None:
+        """The method's own default reduction layers; None: the library default for the depth."""
+        return None
+
     def scan_gaps(self, state: TokenState) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Per-direction gap counts for the later blocks' scans (HSA's alignment); none by default."""
         return None, None

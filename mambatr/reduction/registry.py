@@ -5,10 +5,12 @@ from __future__ import annotations
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.hsa import HSA
 from mambatr.reduction.mtr import MTR
+from mambatr.reduction.stm import STM
 
 METHODS: dict[str, type[ReductionMethod]] = {
     "mtr": MTR,
     "hsa": HSA,
+    "stm": STM,
 }
 
 

@@ -62,8 +62,10 @@ def achieved_reduction(config: VimConfig, method: ReductionMethod, removals: dic
 def solve(config: VimConfig, method: ReductionMethod, layers: Sequence[int], target: float) -> dict[int, int]:
     """Per-layer removals whose FLOPs reduction is within 0.5 points of ``target``.
 
-    Bisection over the method's amount (fixed across layers, as the MTR paper does), then the last
-    reducing layer's count is nudged (its tokens are the cheapest) to land closest to the target.
+    Bisection over the method's amount (fixed across layers, as the MTR paper does) brackets the
+    target between two adjacent amounts; token counts are integers, so the solver then tries the
+    higher amount on the latest layers only, and nudges the last layer's count (its tokens are the
+    cheapest), keeping the schedule closest to the target.
     """
     if not 0.0 < target < 0.9:
         raise ValueError(f"flops_reduction must be in (0, 0.9), got {target}")
@@ -74,13 +76,15 @@ def solve(config: VimConfig, method: ReductionMethod, layers: Sequence[int], tar
             low = middle
         else:
             high = middle
-    candidates = [removals_for(config, method, layers, amount) for amount in (low, high)]
-    last = layers[-1]
-    for base in list(candidates):
-        tokens_at_last = config.seq_len - sum(count for layer, count in base.items() if layer < last)
+    low_counts, high_counts = (removals_for(config, method, layers, amount) for amount in (low, high))
+    candidates = []
+    for split in range(len(layers) + 1):  # the later layers take the higher amount first
+        mixed = {layer: (low_counts if i < split else high_counts)[layer] for i, layer in enumerate(layers)}
+        candidates.append(mixed)
+        tokens_at_last = config.seq_len - sum(count for layer, count in mixed.items() if layer < layers[-1])
         for count in range(method.max_removal(tokens_at_last, config.has_cls) + 1):
-            candidates.append({**base, last: count})
-    best = min(candidates, key=lambda r: abs(achieved_reduction(config, method, r) - target))
+            candidates.append({**mixed, layers[-1]: count})
+    best = min(candidates, key=lambda counts: abs(achieved_reduction(config, method, counts) - target))
     achieved = achieved_reduction(config, method, best)
     if abs(achieved - target) > TOLERANCE:
         raise ValueError(
