@@ -168,6 +168,66 @@ def _add_reduction_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other method option")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mambatr.evaluate import evaluate
+    from mambatr.sweep import TABLE_HEADERS, run_sweep, table_rows, write_outputs
+
+    torch.set_num_threads(args.threads)
+    model = _load_model(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    reductions = [float(x) for x in args.reductions.split(",") if x.strip()]
+
+    def evaluate_model(m: torch.nn.Module) -> dict:
+        batches, total = _eval_batches(args, m)
+        return evaluate(m, batches, total=total, progress=False)
+
+    rows = run_sweep(model, evaluate_model, methods, reductions)
+    paths = write_outputs(rows, Path(args.out), f"{args.model}: training-free token reduction")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(markdown_table(TABLE_HEADERS, table_rows(rows)))
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from mambatr.benchmark import throughput
+    from mambatr.reduction import apply
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    entry = model_entry(args.model)
+    # speed does not depend on the weights: shipped ones when there are, random otherwise
+    model = create_model(args.model, pretrained=entry.weights is not None).to(device).eval()
+    config = model.config
+    images = torch.randn(args.batch_size, config.in_chans, config.img_size, config.img_size, device=device)
+    result = {"model": args.model, "device": str(device), "batch_size": args.batch_size, "threads": args.threads,
+              "scan_impl": model.scan_impl, "dense": throughput(model, images, args.warmup, args.runs)}
+    if args.method is not None:
+        report = apply(model, args.method, **_reduction_options(args))
+        reduced = throughput(model, images, args.warmup, args.runs)
+        ideal = 1.0 / (1.0 - report.flops_reduction_achieved)
+        speedup = reduced["images_per_s"] / result["dense"]["images_per_s"]
+        result.update(method=args.method, flops_reduction_achieved=report.flops_reduction_achieved,
+                      reduced=reduced, speedup=speedup, ideal_speedup=ideal, speedup_vs_ideal=speedup / ideal)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    dense = result["dense"]
+    rows = [["dense", "-", dense["images_per_s"], f"{dense['images_per_s_min']:.1f}-{dense['images_per_s_max']:.1f}",
+             "-", "-", "-", "-"]]
+    if args.method is not None:
+        red = result["reduced"]
+        rows.append([args.method, 100 * result["flops_reduction_achieved"], red["images_per_s"],
+                     f"{red['images_per_s_min']:.1f}-{red['images_per_s_max']:.1f}", result["speedup"],
+                     result["ideal_speedup"], result["speedup_vs_ideal"], 100 * red["reduction_share"]])
+    print(f"{args.model} on {device}, batch {args.batch_size}, {args.threads} threads, scan {model.scan_impl}")
+    print(markdown_table(["model", "FLOPs red. %", "images/s", "range", "speed-up", "ideal", "of ideal",
+                          "in reduction %"], rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambatr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -204,6 +264,30 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     training.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
     training.set_defaults(run=cmd_train)
+
+    sweep = commands.add_parser("sweep", help="every method at every FLOPs target: table, CSV, JSON, PNG")
+    _add_model_args(sweep)
+    sweep.add_argument("--checkpoint", help="weights file; default: the model's shipped weights")
+    sweep.add_argument("--methods", default="mtr,hsa,stm", help="comma-separated methods")
+    sweep.add_argument("--reductions", default="0.2,0.3,0.4", help="comma-separated FLOPs targets")
+    sweep.add_argument("--out", default="runs/sweep", help="directory for sweep.csv / .json / .png")
+    sweep.add_argument("--data", help="Fashion-MNIST directory, or an ImageNet-style val folder")
+    sweep.add_argument("--split", default="test", choices=["test", "val"])
+    sweep.add_argument("--limit", type=int, help="evaluate only the first N images")
+    sweep.add_argument("--batch-size", type=int, default=256)
+    sweep.add_argument("--workers", type=int, default=2)
+    sweep.add_argument("--threads", type=int, default=torch.get_num_threads())
+    sweep.set_defaults(run=cmd_sweep)
+
+    bench = commands.add_parser("bench", help="dense vs reduced throughput, measured in the same run")
+    _add_model_args(bench)
+    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--runs", type=int, default=10)
+    bench.add_argument("--threads", type=int, default=torch.get_num_threads())
+    _add_reduction_args(bench)
+    bench.set_defaults(run=cmd_bench)
 
     demo = commands.add_parser("demo", help="the shipped vim_fmnist model on Fashion-MNIST: a results table")
     demo.add_argument("--data", help="Fashion-MNIST directory")

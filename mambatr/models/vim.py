@@ -258,6 +258,7 @@ class VisionMamba(nn.Module):
         self.norm_f = RMSNorm(d, eps=config.norm_eps)
         self.head = nn.Linear(d, config.num_classes)
         self.reduction = None  # set by mambatr.apply: a method and per-layer removal counts
+        self.track_sources = False  # keep which patches each token holds (mambatr.visualize)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -311,7 +312,7 @@ class VisionMamba(nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         from mambatr.reduction.state import TokenState
 
-        state = TokenState.initial(self.embed(images), self.config.cls_index)
+        state = TokenState.initial(self.embed(images), self.config.cls_index, self.track_sources)
         hidden, residual, gaps = state.hidden, None, (None, None)
         removals = self.reduction.removals if self.reduction is not None else {}
         for index, layer in enumerate(self.layers):

@@ -51,6 +51,10 @@ class ReductionMethod(ABC):
     def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
         """MACs the method itself spends at one layer (importance, similarity, sorting, merging)."""
 
+    def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor | None:
+        """(B, L) the importance the method ranks tokens by (for plots); None if it uses none."""
+        return None
+
     def preferred_layers(self, depth: int) -> list[int] | None:
         """The method's own default reduction layers; None: the library default for the depth."""
         return None

@@ -54,7 +54,7 @@ class HSA(ReductionMethod):
         rank = tokens * max(1, math.ceil(math.log2(tokens)))
         return score + rank
 
-    def importance(self, internals: BlockInternals) -> torch.Tensor:
+    def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor:
         branches = (internals.backward,) if self.source == "backward" else (internals.forward, internals.backward)
         total = 0
         for branch in branches:
@@ -68,7 +68,7 @@ class HSA(ReductionMethod):
     def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         if count > self.max_removal(state.length, state.cls_position is not None):
             raise ValueError(f"hsa: cannot prune {count} of {state.length} tokens")
-        score = self.importance(internals).masked_fill(~state.reducible_mask(), float("inf"))
+        score = self.scores(state, internals).masked_fill(~state.reducible_mask(), float("inf"))
         order = score.argsort(dim=1, descending=True)
         keep, pruned = order[:, : state.length - count], order[:, state.length - count :]
         return make_plan(state, keep, pruned).apply(state)

@@ -75,10 +75,13 @@ class MTR(ReductionMethod):
         merge = 2 * 2 * count * config.embed_dim  # scatter-add into targets, hidden and residual
         return score + rank + similarity + merge
 
+    def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor:
+        return importance(state, internals, self.indicator, self.seed)
+
     def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         if count > self.max_removal(state.length, state.cls_position is not None):
             raise ValueError(f"mtr: cannot remove {count} of {state.length} tokens (keep and source hold c each)")
-        score = importance(state, internals, self.indicator, self.seed)
+        score = self.scores(state, internals)
         score = score.masked_fill(~state.reducible_mask(), float("inf"))  # the class token ranks first, untouched
         order = score.argsort(dim=1, descending=True)
         protected = int(state.cls_position is not None)

@@ -24,13 +24,17 @@ class TokenState:
     positions: torch.Tensor  # (B, L) long: index of each token in the original, unreduced sequence
     sizes: torch.Tensor  # (B, L) float: how many original tokens each token stands for
     cls_position: int | None  # the class token's original index (never reduced); None without one
+    sources: torch.Tensor | None = None  # (B, L, L0) which original tokens each token holds (viz only)
 
     @classmethod
-    def initial(cls, tokens: torch.Tensor, cls_position: int | None) -> TokenState:
+    def initial(cls, tokens: torch.Tensor, cls_position: int | None, track_sources: bool = False) -> TokenState:
         batch, length = tokens.shape[:2]
         positions = torch.arange(length, device=tokens.device).expand(batch, length)
         sizes = torch.ones(batch, length, device=tokens.device, dtype=torch.float32)
-        return cls(tokens, tokens.float(), positions, sizes, cls_position)
+        sources = None
+        if track_sources:
+            sources = torch.eye(length, device=tokens.device).expand(batch, length, length).contiguous()
+        return cls(tokens, tokens.float(), positions, sizes, cls_position, sources)
 
     @property
     def length(self) -> int:
@@ -98,11 +102,13 @@ class ReductionPlan:
         )
         return (summed / total[..., None]).to(x.dtype)
 
-    def reduce_sizes(self, sizes: torch.Tensor) -> torch.Tensor:
-        kept = gather_tokens(sizes, self.survivors)
+    def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Survivors of x (B, L, ...) with every merged token's value added to its survivor (sizes, sources)."""
+        kept = gather_tokens(x, self.survivors)
         if self.into is None:
             return kept
-        return kept.scatter_add(1, self.into, gather_tokens(sizes, self.removed))
+        index = self.into.reshape(*self.into.shape, *([1] * (x.ndim - 2))).expand(*self.into.shape, *x.shape[2:])
+        return kept.scatter_add(1, index, gather_tokens(x, self.removed))
 
     def apply(self, state: TokenState, hidden: bool = True, residual: bool = True) -> TokenState:
         """The reduced state; ``hidden=False`` / ``residual=False`` prune that stream instead of merging."""
@@ -112,7 +118,8 @@ class ReductionPlan:
             hidden=(self if hidden else pruned).reduce(state.hidden, state.sizes),
             residual=(self if residual else pruned).reduce(state.residual, state.sizes),
             positions=gather_tokens(state.positions, self.survivors),
-            sizes=self.reduce_sizes(state.sizes),
+            sizes=self.reduce_sum(state.sizes),
+            sources=None if state.sources is None else self.reduce_sum(state.sources),
         )
 
 

@@ -83,14 +83,20 @@ class STM(ReductionMethod):
             raise ValueError(f"stm: cannot merge {count} of {state.length} tokens ({left} left / {right} right "
                              "of the class token, each side keeps one)")
         streams = {"hidden": state.hidden.clone(), "residual": state.residual.clone()}
-        sizes = state.sizes.clone()
+        totals = {"sizes": state.sizes.clone()}  # merged tokens add up their sizes (and sources)
+        if state.sources is not None:
+            totals["sources"] = state.sources.clone()
         if k_left:
             self._merge(state, internals.forward, list(range(k_left)), k_left, streams)
-            sizes[:, k_left] += sizes[:, :k_left].sum(1)
+            for x in totals.values():
+                x[:, k_left] += x[:, :k_left].sum(1)
         if k_right:
             absorber = state.length - k_right - 1
             self._merge(state, internals.backward, list(range(absorber + 1, state.length)), absorber, streams)
-            sizes[:, absorber] += sizes[:, absorber + 1 :].sum(1)
+            for x in totals.values():
+                x[:, absorber] += x[:, absorber + 1 :].sum(1)
         keep = slice(k_left, state.length - k_right)
+        sources = totals.get("sources")
         return TokenState(streams["hidden"][:, keep], streams["residual"][:, keep], state.positions[:, keep],
-                          sizes[:, keep], state.cls_position)
+                          totals["sizes"][:, keep], state.cls_position,
+                          None if sources is None else sources[:, keep])

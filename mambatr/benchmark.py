@@ -1,0 +1,69 @@
+"""Wall-clock throughput of a dense and a reduced model, measured in the same run.
+
+As ToMe's ``utils.benchmark``: warm-up runs are thrown away, the device is synchronised around each
+timed run, and the figure is images per second. Repeated runs give a median and a spread; the time
+spent inside the reduction steps is measured separately, as a share of the reduced model's time.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def reduction_timer(model: nn.Module, device: torch.device) -> Iterator[list[float]]:
+    """Collect the seconds spent in each call of the model's reduction step (empty when dense)."""
+    spent: list[float] = []
+    reduction = getattr(model, "reduction", None)
+    if reduction is None:
+        yield spent
+        return
+    original = reduction.method.reduce
+
+    def timed(*args, **kwargs):
+        _sync(device)
+        start = time.perf_counter()
+        out = original(*args, **kwargs)
+        _sync(device)
+        spent.append(time.perf_counter() - start)
+        return out
+
+    reduction.method.reduce = timed
+    try:
+        yield spent
+    finally:
+        del reduction.method.reduce  # back to the class's method
+
+
+@torch.inference_mode()
+def throughput(model: nn.Module, images: torch.Tensor, warmup: int = 3, runs: int = 10) -> dict:
+    """images/s over ``runs`` timed forward passes of one batch: median, min, max, and the share of
+    time inside reduction steps."""
+    device = images.device
+    model.eval()
+    for _ in range(warmup):
+        model(images)
+    times, reduce_shares = [], []
+    for _ in range(runs):
+        with reduction_timer(model, device) as spent:
+            _sync(device)
+            start = time.perf_counter()
+            model(images)
+            _sync(device)
+            elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        reduce_shares.append(sum(spent) / elapsed)
+    rates = sorted(len(images) / t for t in times)
+    return {"images_per_s": statistics.median(rates), "images_per_s_min": rates[0], "images_per_s_max": rates[-1],
+            "reduction_share": statistics.median(reduce_shares), "runs": runs, "batch_size": len(images)}
