@@ -228,6 +228,42 @@ def cmd_bench(args: argparse.Namespace) -> None:
                           "in reduction %"], rows))
 
 
+def _viz_image(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.Tensor, tuple, tuple]:
+    """(image (C, H, W), mean, std): a Fashion-MNIST test index, or an image file for ImageNet models."""
+    from mambatr import data
+
+    if model_entry(args.model).dataset == "fashion_mnist":
+        if not args.image.isdigit():
+            raise ValueError(f"--image for {args.model} is an index into the Fashion-MNIST test split, got {args.image!r}")
+        images, _ = data.load_fashion_mnist("test", root=args.data)
+        index = int(args.image)
+        if index >= len(images):
+            raise ValueError(f"--image {index}: the test split has {len(images)} images")
+        return data.to_model_input(images[index : index + 1])[0], (data.FASHION_MNIST_MEAN,), (data.FASHION_MNIST_STD,)
+    transform = data.build_eval_transform(input_size=model.config.img_size)
+    from PIL import Image
+
+    with Image.open(args.image) as picture:
+        image = transform(picture.convert("RGB"))
+    return image, data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD
+
+
+def cmd_viz(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from mambatr.reduction import apply
+    from mambatr.visualize import visualize
+
+    if args.method is None:
+        raise ValueError("viz needs --method (and --flops-reduction or --ratio)")
+    model = _load_model(args)
+    report = apply(model, args.method, **_reduction_options(args))
+    image, mean, std = _viz_image(args, model)
+    groups, importance, traces = visualize(model, image, Path(args.out), mean, std)
+    print(f"wrote {groups} (kept / merged groups / pruned per layer after blocks {report.layers}) "
+          f"and {importance} (importance); FLOPs reduction {report.flops_reduction_achieved:.1%}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambatr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -288,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=torch.get_num_threads())
     _add_reduction_args(bench)
     bench.set_defaults(run=cmd_bench)
+
+    viz = commands.add_parser("viz", help="draw which patches each reducing layer kept, merged or pruned")
+    viz.add_argument("--model", default="vim_fmnist", help=f"one of: {', '.join(list_models())}")
+    viz.add_argument("--checkpoint", help="weights file; default: the model's shipped weights")
+    viz.add_argument("--image", default="0", help="Fashion-MNIST test index, or an image file (ImageNet models)")
+    viz.add_argument("--data", help="Fashion-MNIST directory")
+    viz.add_argument("--out", default="runs/viz.png")
+    _add_reduction_args(viz)
+    viz.set_defaults(run=cmd_viz)
 
     demo = commands.add_parser("demo", help="the shipped vim_fmnist model on Fashion-MNIST: a results table")
     demo.add_argument("--data", help="Fashion-MNIST directory")

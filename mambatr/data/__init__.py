@@ -1,0 +1,31 @@
+"""Datasets: Fashion-MNIST (IDX files, in memory) and ImageNet-style folders with Vim's eval transform."""
+
+from mambatr.data.batches import augment_batch, iterate_batches, to_model_input
+from mambatr.data.errors import DatasetError, DatasetNotFoundError
+from mambatr.data.fashion_mnist import (
+    DEFAULT_ROOT,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    SPLITS,
+    VAL_SEED,
+    VAL_SIZE,
+    load_fashion_mnist,
+    train_val_indices,
+)
+from mambatr.data.idx import parse_idx, read_idx
+from mambatr.data.imagefolder import IMG_EXTENSIONS, ImageFolder, load_rgb
+from mambatr.data.transforms import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    EvalTransform,
+    build_eval_transform,
+)
+
+__all__ = [
+    "DEFAULT_ROOT", "FASHION_MNIST_CLASSES", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
+    "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "IMG_EXTENSIONS", "SPLITS", "VAL_SEED", "VAL_SIZE",
+    "DatasetError", "DatasetNotFoundError", "EvalTransform", "ImageFolder", "augment_batch",
+    "build_eval_transform", "iterate_batches", "load_fashion_mnist", "load_rgb", "parse_idx", "read_idx",
+    "to_model_input", "train_val_indices",
+]
