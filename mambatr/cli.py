@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
-                    augment=not args.no_augment)
+                    augment=not args.no_augment, device=args.device)
     result = train(recipe, Path(args.out), data_root=args.data, resume=args.resume, limit=args.limit)
     last = result["history"][-1]
     print(f"wrote {result['weights']}: val top-1 {last['val_top1']:.2f} % after {last['epoch']} epochs "
@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--threads", type=int, default=torch.get_num_threads())
     training.add_argument("--no-augment", action="store_true", help="no random shift / flip")
+    training.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     training.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     training.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
     training.set_defaults(run=cmd_train)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,6 +37,8 @@ class Recipe:
     seed: int = 0
     threads: int = 2
     train_split: str = "train"  # 55k images; "val" (5k) is held out for model selection
+    device: str = "cpu"  # "cuda" trains on a GPU with the same recipe
+    model_overrides: dict = field(default_factory=dict)  # architecture changes (create_model overrides)
 
 
 def lr_at(step: int, total: int, warmup: int, recipe: Recipe) -> float:
@@ -57,12 +59,17 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: bool = False,
-          limit: int | None = None, save_every: int = 200) -> dict:
-    """Run (or resume) training; writes ``last.pth`` checkpoints and the final safetensors + JSON."""
+          limit: int | None = None, save_every: int = 200, max_steps: int | None = None) -> dict:
+    """Run (or resume) training; writes ``last.pth`` checkpoints and the final safetensors + JSON.
+
+    ``max_steps`` stops this invocation after that many optimizer steps (a checkpoint is saved), as a
+    time-boxed job would; ``resume=True`` continues exactly where the checkpoint left off.
+    """
     torch.set_num_threads(recipe.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
-    model = create_model(recipe.model)
+    device = torch.device(recipe.device)
+    model = create_model(recipe.model, **recipe.model_overrides).to(device)
     images, labels = load_fashion_mnist(recipe.train_split, root=data_root)
     val_images, val_labels = load_fashion_mnist("val", root=data_root)
     if limit is not None:
@@ -80,7 +87,7 @@ def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: b
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if state["recipe"] != asdict(recipe):
             raise ValueError(f"--resume: recipe differs from the checkpoint's {state['recipe']}")
-        model.load_state_dict(state["model"])
+        model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
 
@@ -88,24 +95,25 @@ def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: b
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "history": history, "recipe": asdict(recipe)}, checkpoint_path)
 
-    start = time.perf_counter()
+    start, stop_at = time.perf_counter(), total_steps if max_steps is None else min(total_steps, step + max_steps)
     model.train()
-    while step < total_steps:
+    while step < stop_at:
         epoch, offset = divmod(step, steps_per_epoch)
         # the epoch's order and augmentation depend only on (seed, epoch): resuming mid-epoch is exact
         generator = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
         order = torch.randperm(len(images), generator=generator)
-        bar = tqdm(range(offset, steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False)
+        last_batch = min(steps_per_epoch, offset + stop_at - step)
+        bar = tqdm(range(offset, last_batch), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False)
         seen = correct = loss_sum = 0
         for batch_index in bar:
             index = order[batch_index * recipe.batch_size : (batch_index + 1) * recipe.batch_size]
             batch = images[index]
             if recipe.augment:
                 batch = augment_batch(batch, torch.Generator().manual_seed(recipe.seed * 7919 + step))
-            target = labels[index]
+            target = labels[index].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, recipe)
-            logits = model(to_model_input(batch))
+            logits = model(to_model_input(batch).to(device))
             loss = F.cross_entropy(logits, target, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,8 +126,11 @@ def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: b
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
             if step % save_every == 0:
                 save()
+        if last_batch < steps_per_epoch:  # stopped mid-epoch (max_steps): save and leave
+            save()
+            return {"finished": False, "step": step, "history": history}
         model.eval()
-        val = evaluate_tensors(model, val_images, val_labels, batch_size=256, progress=False)
+        val = evaluate_tensors(model, val_images.to(device), val_labels.to(device), batch_size=256, progress=False)
         model.train()
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
                         "train_top1": correct / max(seen, 1), "val_top1": val["top1"], "val_loss": val["loss"],
@@ -127,7 +138,7 @@ def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: b
         tqdm.write(json.dumps(history[-1]))
         save()
     model.eval()
-    return export(model, recipe, history, out_dir)
+    return {"finished": True, "step": step, **export(model.cpu(), recipe, history, out_dir)}
 
 
 def export(model: torch.nn.Module, recipe: Recipe, history: list[dict], out_dir: Path) -> dict:

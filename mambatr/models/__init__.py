@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from torch import nn
@@ -25,9 +26,25 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     load_into(model, state_dict, source=str(path))
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, pretrained: bool = False, **overrides) -> nn.Module:
-    """Build a registered model; ``pretrained`` loads its shipped weights, ``checkpoint`` a file of yours."""
+def exported_config(checkpoint: str | Path) -> dict:
+    """The architecture stored beside a ``mambatr train`` export (``X.safetensors`` + ``X.json``), if any."""
+    sidecar = Path(checkpoint).with_suffix(".json")
+    if Path(checkpoint).suffix != ".safetensors" or not sidecar.is_file():
+        return {}
+    return dict(json.loads(sidecar.read_text()).get("config", {}))
+
+
+def create_model(
+    name: str, checkpoint: str | Path | None = None, pretrained: bool = False, **overrides
+) -> nn.Module:
+    """Build a registered model; ``pretrained`` loads its shipped weights, ``checkpoint`` a file of yours.
+
+    A ``mambatr train`` export carries its architecture in a JSON file beside the weights: it is used
+    as overrides (explicit ``overrides`` win), so a custom-size model loads by its file alone.
+    """
     entry = model_entry(name)
+    if checkpoint is not None:
+        overrides = {**exported_config(checkpoint), **overrides}
     model = entry.builder(**overrides)
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")
