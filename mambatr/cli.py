@@ -121,7 +121,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
                     augment=not args.no_augment, device=args.device)
-    result = train(recipe, Path(args.out), data_root=args.data, resume=args.resume, limit=args.limit)
+    result = train(recipe, Path(args.out), data_root=args.data, resume=args.resume, limit=args.limit,
+                   max_steps=args.max_steps)
+    if not result["finished"]:
+        print(f"stopped after step {result['step']} (--max-steps); continue with --resume", file=sys.stderr)
+        return
     last = result["history"][-1]
     print(f"wrote {result['weights']}: val top-1 {last['val_top1']:.2f} % after {last['epoch']} epochs "
           f"({last['elapsed_s'] / 60:.1f} min)")
@@ -286,20 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reduction_args(evaluation)
     evaluation.set_defaults(run=cmd_eval)
 
+    from mambatr.train import Recipe
+
     training = commands.add_parser("train", help="train a Vim model on Fashion-MNIST (CPU, resumable)")
     training.add_argument("--model", default="vim_fmnist")
     training.add_argument("--out", default="runs/vim_fmnist", help="checkpoints and exported weights go here")
     training.add_argument("--data", help="Fashion-MNIST directory")
-    training.add_argument("--epochs", type=int, default=20)
-    training.add_argument("--batch-size", type=int, default=128)
-    training.add_argument("--lr", type=float, default=2e-3)
-    training.add_argument("--weight-decay", type=float, default=0.05)
+    training.add_argument("--epochs", type=int, default=Recipe.epochs)
+    training.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    training.add_argument("--lr", type=float, default=Recipe.lr)
+    training.add_argument("--weight-decay", type=float, default=Recipe.weight_decay)
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--threads", type=int, default=torch.get_num_threads())
     training.add_argument("--no-augment", action="store_true", help="no random shift / flip")
     training.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     training.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     training.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
+    training.add_argument("--max-steps", type=int, help="stop (and save) after N steps in this run; resume later")
     training.set_defaults(run=cmd_train)
 
     sweep = commands.add_parser("sweep", help="every method at every FLOPs target: table, CSV, JSON, PNG")

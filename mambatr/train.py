@@ -25,9 +25,9 @@ from mambatr.models import create_model, model_entry
 @dataclass
 class Recipe:
     model: str = "vim_fmnist"
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 128
-    lr: float = 2e-3
+    lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05
@@ -137,6 +137,8 @@ def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: b
                         "elapsed_s": time.perf_counter() - start})
         tqdm.write(json.dumps(history[-1]))
         save()
+    if step < total_steps:  # stopped at an epoch boundary by max_steps
+        return {"finished": False, "step": step, "history": history}
     model.eval()
     return {"finished": True, "step": step, **export(model.cpu(), recipe, history, out_dir)}
 

@@ -1,0 +1,26 @@
+"""Compile the C++ CPU kernels ahead of time: ``python -m mambatr.ops.build [--verbose]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mambatr.ops import _cpu_kernels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mambatr.ops.build", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="show the compiler commands and output")
+    args = parser.parse_args(argv)
+    try:
+        path = _cpu_kernels.load(verbose=args.verbose)
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"mambatr CPU kernels ready: {path}")
+    print(f"cache directory: {_cpu_kernels.build_dir()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Depthwise causal conv1d entry point and its implementations (see docs/scan.md).
+
+Semantics and layout are those of :func:`mambatr.ops.reference.causal_conv1d_reference`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mambatr.ops import _cpu_kernels, dispatch
+from mambatr.ops.reference import causal_conv1d_reference
+
+Tensor = torch.Tensor
+
+
+def causal_conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    silu: bool = True,
+    reverse: bool = False,
+    impl: str = "auto",
+) -> Tensor:
+    """Conv over time of x (batch, length, E) with weight (E, K); ``impl`` as in mambatr.ops.dispatch."""
+    chosen = dispatch.resolve("causal_conv1d", impl, x.device)
+    fn = {
+        "reference": causal_conv1d_reference,
+        "cpu": causal_conv1d_cpu,
+        "torch": causal_conv1d_torch,
+        "cuda": causal_conv1d_cuda,
+    }[chosen]
+    return fn(x, weight, bias, silu, reverse)
+
+
+def causal_conv1d_cpu(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True, reverse: bool = False
+) -> Tensor:
+    """The C++ kernel; computes in float32 (float64 for float64 x) and returns x's dtype."""
+    _cpu_kernels.load()
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xc = x.to(dtype)
+    xc = xc if xc.stride(-1) == 1 else xc.contiguous()
+    w = weight.to(dtype).contiguous()
+    b = None if bias is None else bias.to(dtype).contiguous()
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xc, w, b)):
+        y = _CausalConv1dCPU.apply(xc, w, b, silu, reverse)
+    else:  # inference: nothing is kept for backward
+        y = torch.ops.mambatr.conv_fwd(xc, w, b, silu, reverse)
+    return y.to(x.dtype)
+
+
+class _CausalConv1dCPU(torch.autograd.Function):
+    """Saves only the inputs; the backward recomputes the pre-activation for SiLU's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu, reverse):  # type: ignore[override]
+        ctx.save_for_backward(x, weight, bias)
+        ctx.flags = (silu, reverse)
+        return torch.ops.mambatr.conv_fwd(x, weight, bias, silu, reverse)
+
+    @staticmethod
+    def backward(ctx, dout):  # type: ignore[override]
+        x, weight, bias = ctx.saved_tensors
+        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+        dx, dweight, dbias = torch.ops.mambatr.conv_bwd(dout, x, weight, bias, *ctx.flags)
+        return dx, dweight, None if bias is None else dbias, None, None
+
+
+def causal_conv1d_torch(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True, reverse: bool = False
+) -> Tensor:
+    """F.conv1d in layout (batch, E, length) with the transposes and flips mambatr's layout needs."""
+    length, kernel = x.shape[1], weight.shape[1]
+    xt = x.transpose(1, 2)
+    if reverse:
+        xt = xt.flip(-1)
+    b = None if bias is None else bias.to(x.dtype)
+    y = F.conv1d(xt, weight.to(x.dtype)[:, None], b, padding=kernel - 1, groups=weight.shape[0])[..., :length]
+    if reverse:
+        y = y.flip(-1)
+    y = y.transpose(1, 2)
+    return F.silu(y) if silu else y
+
+
+def causal_conv1d_cuda(
+    x: Tensor, weight: Tensor, bias: Tensor | None = None, silu: bool = True, reverse: bool = False
+) -> Tensor:
+    """The `causal_conv1d` package's CUDA kernel (layout (batch, E, length), channels-last strides)."""
+    from causal_conv1d import causal_conv1d_fn
+
+    xt = (x.flip(1) if reverse else x).transpose(1, 2)
+    b = None if bias is None else bias.to(x.dtype)
+    y = causal_conv1d_fn(xt, weight.to(x.dtype), b, activation="silu" if silu else None).transpose(1, 2)
+    return y.flip(1) if reverse else y

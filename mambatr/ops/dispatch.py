@@ -1,0 +1,92 @@
+"""Choosing the implementation behind ``selective_scan`` / ``causal_conv1d``, and reporting it.
+
+impl: "auto" (the default, overridable with $MAMBATR_OPS_IMPL), "reference" (plain loops),
+"cpu" (C++ kernels), "torch" (vectorised PyTorch, any device), "cuda" (mamba_ssm / causal_conv1d).
+"auto" picks "cpu" for CPU tensors, "cuda" for CUDA tensors when the CUDA package is importable (and
+the call has no gap), else "torch". An unusable explicit choice raises; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+IMPLS = ("auto", "reference", "cpu", "torch", "cuda")
+ENV_VAR = "MAMBATR_OPS_IMPL"
+CUDA_PACKAGES = {"selective_scan": "mamba_ssm", "causal_conv1d": "causal_conv1d"}
+
+_last: dict[str, str] = {}
+
+
+@functools.cache
+def cuda_package_available(package: str) -> bool:
+    try:
+        importlib.import_module(package)
+    except Exception:  # a broken CUDA build raises more than ImportError
+        return False
+    return True
+
+
+def default_impl() -> str:
+    impl = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"${ENV_VAR}={impl!r}: expected one of {IMPLS}")
+    return impl
+
+
+def resolve(op: str, impl: str, device: torch.device, cuda_ok: bool = True) -> str:
+    """The concrete implementation for ``op`` on ``device``; records it for :func:`last_impl`.
+
+    ``cuda_ok`` is False when the call needs a feature the CUDA package lacks (the scan's gap).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r}: expected one of {IMPLS}")
+    chosen = default_impl() if impl == "auto" else impl
+    if chosen == "auto":
+        if device.type == "cpu":
+            chosen = "cpu"
+        elif device.type == "cuda" and cuda_ok and cuda_package_available(CUDA_PACKAGES[op]):
+            chosen = "cuda"
+        else:
+            chosen = "torch"
+    if chosen == "cpu" and device.type != "cpu":
+        raise ValueError(f"{op}: impl='cpu' needs CPU tensors, got {device}")
+    if chosen == "cuda":
+        if device.type != "cuda":
+            raise ValueError(f"{op}: impl='cuda' needs CUDA tensors, got {device}")
+        if not cuda_ok:
+            raise ValueError(f"{op}: impl='cuda' ({CUDA_PACKAGES[op]}) has no gap support; use 'torch'")
+        if not cuda_package_available(CUDA_PACKAGES[op]):
+            raise RuntimeError(f"{op}: impl='cuda' needs the `{CUDA_PACKAGES[op]}` package (pip install it)")
+    _last[op] = chosen
+    return chosen
+
+
+def last_impl() -> dict[str, str]:
+    """Which implementation each op used on its most recent call, e.g. {"selective_scan": "cpu"}."""
+    return dict(_last)
+
+
+def backend_info(device: str | torch.device = "cpu") -> dict[str, str]:
+    """What "auto" resolves to on ``device`` and the state of each backend (for CLI/bench headers)."""
+    from mambatr.ops import _cpu_kernels
+
+    device = torch.device(device)
+    info = {"default_impl": default_impl()}
+    for op in CUDA_PACKAGES:
+        chosen = default_impl()
+        if chosen == "auto":
+            cuda = device.type == "cuda" and cuda_package_available(CUDA_PACKAGES[op])
+            chosen = "cpu" if device.type == "cpu" else "cuda" if cuda else "torch"
+        info[op] = chosen
+    info["cpu_kernels"] = (
+        f"loaded ({_cpu_kernels.extension_name()}, {torch.get_num_threads()} threads)"
+        if _cpu_kernels.is_loaded()
+        else f"not loaded yet (cache {_cpu_kernels.build_dir()})"
+    )
+    for package in CUDA_PACKAGES.values():
+        info[f"{package} (CUDA)"] = "importable" if cuda_package_available(package) else "not installed"
+    return info
