@@ -98,7 +98,8 @@ def scan_row(batch: int, length: int, E: int, N: int, reps: dict[str, int]) -> d
     row: dict[str, object] = {"case": f"fwd+bwd B={batch} L={length} E={E} N={N}"}
     row["a_mamba_ref"], (y_ref, g_ref) = timed(
         lambda: fwd_bwd(lambda **kw: mamba_selective_scan_ref(**kw, delta_softplus=True), first, grad_first),
-        reps["a_mamba_ref"], warmup=False,
+        reps["a_mamba_ref"],
+        warmup=False,
     )
     row["b_torch"], _ = timed(lambda: fwd_bwd(ours("torch"), inputs, grad), reps["b_torch"])
     row["c_cpu"], (y, grads) = timed(lambda: fwd_bwd(ours("cpu"), inputs, grad), reps["c_cpu"])
@@ -146,9 +147,13 @@ def print_table(rows: list[dict[str, object]]) -> None:
     print(f"{'case':<44} {head}  rel. error (c) vs (a)")
     for r in rows:
         a = r.get("a_mamba_ref")
-        cells = [f"{a * 1e3:10.1f} ms" if a else f"{'-':>13}", f"{r['b_torch'] * 1e3:7.1f} ms",
-                 f"{r['c_cpu'] * 1e3:6.1f} ms", f"{a / r['c_cpu']:6.1f}x" if a else f"{'-':>7}",
-                 f"{r['b_torch'] / r['c_cpu']:5.1f}x"]
+        cells = [
+            f"{a * 1e3:10.1f} ms" if a else f"{'-':>13}",
+            f"{r['b_torch'] * 1e3:7.1f} ms",
+            f"{r['c_cpu'] * 1e3:6.1f} ms",
+            f"{a / r['c_cpu']:6.1f}x" if a else f"{'-':>7}",
+            f"{r['b_torch'] / r['c_cpu']:5.1f}x",
+        ]
         err = f"y {r['rel_err_y']:.1e}" if "rel_err_y" in r else ""
         err += f", grads {r['rel_err_grad']:.1e}" if "rel_err_grad" in r else ""
         print(f"{r['case']:<44} " + " ".join(cells) + "  " + err)
@@ -164,8 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     selective_scan(**scan_inputs(1, 2, 8, 2), impl="cpu")  # build/load the kernels before timing
     info = backend_info("cpu")
-    print(f"threads {torch.get_num_threads()}, torch {torch.__version__}; " +
-          ", ".join(f"{k}: {v}" for k, v in info.items()))
+    print(
+        f"threads {torch.get_num_threads()}, torch {torch.__version__}; "
+        + ", ".join(f"{k}: {v}" for k, v in info.items())
+    )
     reps = {"a_mamba_ref": 1, "b_torch": 2, "c_cpu": 5}
     rows = [scan_row(64, length, E, 16, reps) for length in (50, 197) for E in (192, 384)]
     rows.append(inference_row(64, 197, 384, 16, {"a_mamba_ref": 2, "b_torch": 3, "c_cpu": 10}))

@@ -5,7 +5,14 @@ from mambatr.models import VimConfig, VisionMamba, create_model, list_models, lo
 from mambatr.reduction import METHODS, apply, remove
 
 __all__ = [
-    "METHODS", "VimConfig", "VisionMamba", "apply", "count_flops", "create_model", "list_models",
-    "load_checkpoint", "remove",
+    "METHODS",
+    "VimConfig",
+    "VisionMamba",
+    "apply",
+    "count_flops",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "remove",
 ]
 __version__ = "0.1.0"

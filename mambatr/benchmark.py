@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -65,5 +65,11 @@ def throughput(model: nn.Module, images: torch.Tensor, warmup: int = 3, runs: in
         times.append(elapsed)
         reduce_shares.append(sum(spent) / elapsed)
     rates = sorted(len(images) / t for t in times)
-    return {"images_per_s": statistics.median(rates), "images_per_s_min": rates[0], "images_per_s_max": rates[-1],
-            "reduction_share": statistics.median(reduce_shares), "runs": runs, "batch_size": len(images)}
+    return {
+        "images_per_s": statistics.median(rates),
+        "images_per_s_min": rates[0],
+        "images_per_s_max": rates[-1],
+        "reduction_share": statistics.median(reduce_shares),
+        "runs": runs,
+        "batch_size": len(images),
+    }

@@ -12,7 +12,7 @@ from mambatr.flops import CONVENTIONS, count_flops
 from mambatr.models import create_model, list_models, model_entry
 from mambatr.table import markdown_table
 
-DEMO_LIMIT = 10_000  # the whole Fashion-MNIST test split
+DEMO_LIMIT = 5_000  # first half of the test split: four evaluations fit in 3 minutes on 2 cores
 DEMO_TARGETS = (0.2, 0.3, 0.4)
 
 
@@ -29,7 +29,9 @@ def cmd_flops(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({"model": args.model, "params": params, **report.to_dict()}, indent=2))
         return
-    print(f"{args.model}: {report.gflops:.3f} GFLOPs (GMACs, convention {args.convention}), {params:,} params")
+    print(
+        f"{args.model}: {report.gflops:.3f} GFLOPs (GMACs, convention {args.convention}), {params:,} params"
+    )
     rows = [["embed", "", sum(report.embed.values()) / 1e6]]
     rows += [[f"layer {layer.index}", layer.tokens, layer.total / 1e6] for layer in report.layers]
     rows += [["final", "", sum(report.final.values()) / 1e6], ["total", "", report.total / 1e6]]
@@ -66,13 +68,15 @@ def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
 
 
 def _reduction_options(args: argparse.Namespace) -> dict:
-    """mambatr.apply keyword arguments from --method/--flops-reduction/--ratio/--layers/--option."""
+    """mambatr.apply keyword arguments from the token-reduction flags (--option values typed per method)."""
+    from mambatr.reduction import METHODS
+
     options = {}
     for item in args.option or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
-        options[key] = int(value) if value.lstrip("-").isdigit() else value
+        options[key] = METHODS[args.method].parse_option(key, value)
     for key in ("indicator", "strategy"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
@@ -87,14 +91,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     model = _load_model(args)
-    summary = {"model": args.model, "checkpoint": args.checkpoint, "split": args.split,
-               "gflops_dense": count_flops(model.config).gflops}
+    summary = {
+        "model": args.model,
+        "checkpoint": args.checkpoint,
+        "split": args.split,
+        "gflops_dense": count_flops(model.config).gflops,
+    }
     if args.method is not None:
         report = apply(model, args.method, **_reduction_options(args))
-        summary.update(method=args.method, options=report.options, layers=report.layers,
-                       removals=report.removals, flops_reduction_target=report.flops_reduction_target,
-                       flops_reduction_achieved=report.flops_reduction_achieved,
-                       tokens_per_layer=report.tokens_per_layer)
+        summary.update(
+            method=args.method,
+            options=report.options,
+            layers=report.layers,
+            removals=report.removals,
+            flops_reduction_target=report.flops_reduction_target,
+            flops_reduction_achieved=report.flops_reduction_achieved,
+            tokens_per_layer=report.tokens_per_layer,
+        )
         summary["gflops"] = report.gflops
     elif args.flops_reduction is not None or args.ratio is not None:
         raise ValueError("--flops-reduction / --ratio need --method")
@@ -106,11 +119,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=2))
         return
     achieved = summary.get("flops_reduction_achieved")
-    print(markdown_table(
-        ["model", "method", "FLOPs reduction %", "images", "top-1 %", "loss", "GFLOPs", "images/s"],
-        [[args.model, args.method or "-", 100 * achieved if achieved is not None else 0.0, summary["images"],
-          summary["top1"], summary["loss"], summary["gflops"], summary["images_per_s"]]],
-    ))
+    print(
+        markdown_table(
+            ["model", "method", "FLOPs reduction %", "images", "top-1 %", "loss", "GFLOPs", "images/s"],
+            [
+                [
+                    args.model,
+                    args.method or "-",
+                    100 * achieved if achieved is not None else 0.0,
+                    summary["images"],
+                    summary["top1"],
+                    summary["loss"],
+                    summary["gflops"],
+                    summary["images_per_s"],
+                ]
+            ],
+        )
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -118,17 +143,33 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from mambatr.train import Recipe, train
 
-    recipe = Recipe(model=args.model, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
-                    augment=not args.no_augment, device=args.device)
-    result = train(recipe, Path(args.out), data_root=args.data, resume=args.resume, limit=args.limit,
-                   max_steps=args.max_steps)
+    recipe = Recipe(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        threads=args.threads,
+        augment=not args.no_augment,
+        device=args.device,
+    )
+    result = train(
+        recipe,
+        Path(args.out),
+        data_root=args.data,
+        resume=args.resume,
+        limit=args.limit,
+        max_steps=args.max_steps,
+    )
     if not result["finished"]:
         print(f"stopped after step {result['step']} (--max-steps); continue with --resume", file=sys.stderr)
         return
     last = result["history"][-1]
-    print(f"wrote {result['weights']}: val top-1 {last['val_top1']:.2f} % after {last['epoch']} epochs "
-          f"({last['elapsed_s'] / 60:.1f} min)")
+    print(
+        f"wrote {result['weights']}: val top-1 {last['val_top1']:.2f} % after {last['epoch']} epochs "
+        f"({last['elapsed_s'] / 60:.1f} min)"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -141,20 +182,31 @@ def cmd_demo(args: argparse.Namespace) -> None:
     model = create_model("vim_fmnist", pretrained=True).eval()
     images, labels = data.load_fashion_mnist("test", root=args.data)
     images, labels = images[: args.limit], labels[: args.limit]
-    print(f"mambatr demo: vim_fmnist (shipped weights) on {len(images):,} Fashion-MNIST test images",
-          file=sys.stderr)
+    print(
+        f"mambatr demo: vim_fmnist (shipped weights) on {len(images):,} Fashion-MNIST test images",
+        file=sys.stderr,
+    )
     dense = count_flops(model.config)
     result = evaluate_tensors(model, images, labels, batch_size=args.batch_size, progress=False)
     rows = [["baseline", "-", 0.0, dense.gflops * 1e3, result["top1"], 0.0, result["images_per_s"]]]
     for target in DEMO_TARGETS:
         report = apply(model, "mtr", target)
         reduced = evaluate_tensors(model, images, labels, batch_size=args.batch_size, progress=False)
-        rows.append(["mtr", f"{target:.0%}", 100 * report.flops_reduction_achieved, report.gflops * 1e3,
-                     reduced["top1"], result["top1"] - reduced["top1"], reduced["images_per_s"]])
+        rows.append(
+            [
+                "mtr",
+                f"{target:.0%}",
+                100 * report.flops_reduction_achieved,
+                report.gflops * 1e3,
+                reduced["top1"],
+                result["top1"] - reduced["top1"],
+                reduced["images_per_s"],
+            ]
+        )
         remove(model)
     headers = ["method", "target", "FLOPs reduction %", "MFLOPs/img", "top-1 %", "drop", "images/s"]
     if args.json:
-        print(json.dumps([dict(zip(headers, row)) for row in rows], indent=2))
+        print(json.dumps([dict(zip(headers, row, strict=True)) for row in rows], indent=2))
         return
     print(markdown_table(headers, rows))
 
@@ -166,7 +218,9 @@ def _add_reduction_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method", choices=sorted(METHODS), help="token-reduction method (default: none)")
     group.add_argument("--flops-reduction", type=float, help="FLOPs-reduction target in (0, 0.9), e.g. 0.3")
     group.add_argument("--ratio", type=float, help="the method's own amount instead of a FLOPs target")
-    group.add_argument("--layers", help="comma-separated 0-indexed blocks to reduce after (default: per depth)")
+    group.add_argument(
+        "--layers", help="comma-separated 0-indexed blocks to reduce after (default: per depth)"
+    )
     group.add_argument("--indicator", help="MTR importance indicator: delta, B, C, cls, norm, random")
     group.add_argument("--strategy", help="MTR strategy: merge, prune, hybrid")
     group.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other method option")
@@ -203,33 +257,71 @@ def cmd_bench(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     entry = model_entry(args.model)
-    # speed does not depend on the weights: shipped ones when there are, random otherwise
-    model = create_model(args.model, pretrained=entry.weights is not None).to(device).eval()
+    # speed does not depend on the weights: --checkpoint, else shipped ones when there are, else random
+    pretrained = args.checkpoint is None and entry.weights is not None
+    model = create_model(args.model, checkpoint=args.checkpoint, pretrained=pretrained).to(device).eval()
     config = model.config
     images = torch.randn(args.batch_size, config.in_chans, config.img_size, config.img_size, device=device)
-    result = {"model": args.model, "device": str(device), "batch_size": args.batch_size, "threads": args.threads,
-              "scan_impl": model.scan_impl, "dense": throughput(model, images, args.warmup, args.runs)}
+    result = {
+        "model": args.model,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "scan_impl": model.scan_impl,
+        "dense": throughput(model, images, args.warmup, args.runs),
+    }
     if args.method is not None:
         report = apply(model, args.method, **_reduction_options(args))
         reduced = throughput(model, images, args.warmup, args.runs)
         ideal = 1.0 / (1.0 - report.flops_reduction_achieved)
         speedup = reduced["images_per_s"] / result["dense"]["images_per_s"]
-        result.update(method=args.method, flops_reduction_achieved=report.flops_reduction_achieved,
-                      reduced=reduced, speedup=speedup, ideal_speedup=ideal, speedup_vs_ideal=speedup / ideal)
+        result.update(
+            method=args.method,
+            flops_reduction_achieved=report.flops_reduction_achieved,
+            reduced=reduced,
+            speedup=speedup,
+            ideal_speedup=ideal,
+            speedup_vs_ideal=speedup / ideal,
+        )
     if args.json:
         print(json.dumps(result, indent=2))
         return
     dense = result["dense"]
-    rows = [["dense", "-", dense["images_per_s"], f"{dense['images_per_s_min']:.1f}-{dense['images_per_s_max']:.1f}",
-             "-", "-", "-", "-"]]
+    rows = [
+        [
+            "dense",
+            "-",
+            dense["images_per_s"],
+            f"{dense['images_per_s_min']:.1f}-{dense['images_per_s_max']:.1f}",
+            "-",
+            "-",
+            "-",
+            "-",
+        ]
+    ]
     if args.method is not None:
         red = result["reduced"]
-        rows.append([args.method, 100 * result["flops_reduction_achieved"], red["images_per_s"],
-                     f"{red['images_per_s_min']:.1f}-{red['images_per_s_max']:.1f}", result["speedup"],
-                     result["ideal_speedup"], result["speedup_vs_ideal"], 100 * red["reduction_share"]])
-    print(f"{args.model} on {device}, batch {args.batch_size}, {args.threads} threads, scan {model.scan_impl}")
-    print(markdown_table(["model", "FLOPs red. %", "images/s", "range", "speed-up", "ideal", "of ideal",
-                          "in reduction %"], rows))
+        rows.append(
+            [
+                args.method,
+                100 * result["flops_reduction_achieved"],
+                red["images_per_s"],
+                f"{red['images_per_s_min']:.1f}-{red['images_per_s_max']:.1f}",
+                result["speedup"],
+                result["ideal_speedup"],
+                result["speedup_vs_ideal"],
+                100 * red["reduction_share"],
+            ]
+        )
+    print(
+        f"{args.model} on {device}, batch {args.batch_size}, {args.threads} threads, scan {model.scan_impl}"
+    )
+    print(
+        markdown_table(
+            ["model", "FLOPs red. %", "images/s", "range", "speed-up", "ideal", "of ideal", "in reduction %"],
+            rows,
+        )
+    )
 
 
 def _viz_image(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.Tensor, tuple, tuple]:
@@ -238,12 +330,18 @@ def _viz_image(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.
 
     if model_entry(args.model).dataset == "fashion_mnist":
         if not args.image.isdigit():
-            raise ValueError(f"--image for {args.model} is an index into the Fashion-MNIST test split, got {args.image!r}")
+            raise ValueError(
+                f"--image for {args.model} is an index into the Fashion-MNIST test split, got {args.image!r}"
+            )
         images, _ = data.load_fashion_mnist("test", root=args.data)
         index = int(args.image)
         if index >= len(images):
             raise ValueError(f"--image {index}: the test split has {len(images)} images")
-        return data.to_model_input(images[index : index + 1])[0], (data.FASHION_MNIST_MEAN,), (data.FASHION_MNIST_STD,)
+        return (
+            data.to_model_input(images[index : index + 1])[0],
+            (data.FASHION_MNIST_MEAN,),
+            (data.FASHION_MNIST_STD,),
+        )
     transform = data.build_eval_transform(input_size=model.config.img_size)
     from PIL import Image
 
@@ -264,8 +362,10 @@ def cmd_viz(args: argparse.Namespace) -> None:
     report = apply(model, args.method, **_reduction_options(args))
     image, mean, std = _viz_image(args, model)
     groups, importance, traces = visualize(model, image, Path(args.out), mean, std)
-    print(f"wrote {groups} (kept / merged groups / pruned per layer after blocks {report.layers}) "
-          f"and {importance} (importance); FLOPs reduction {report.flops_reduction_achieved:.1%}")
+    print(
+        f"wrote {groups} (kept / merged groups / pruned per layer after blocks {report.layers}) "
+        f"and {importance} (importance); FLOPs reduction {report.flops_reduction_achieved:.1%}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,14 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     flops = commands.add_parser("flops", help="analytic FLOPs and params of a model, per layer")
     _add_model_args(flops)
-    flops.add_argument("--convention", default="full", choices=CONVENTIONS,
-                       help="full: every op, both scans (ours); paper: reproduces published Vim figures")
+    flops.add_argument(
+        "--convention",
+        default="full",
+        choices=CONVENTIONS,
+        help="full: every op, both scans (ours); paper: reproduces published Vim figures",
+    )
     flops.set_defaults(run=cmd_flops)
 
-    evaluation = commands.add_parser("eval", help="top-1, loss, images/s and GFLOPs of a model on its dataset")
+    evaluation = commands.add_parser(
+        "eval", help="top-1, loss, images/s and GFLOPs of a model on its dataset"
+    )
     _add_model_args(evaluation)
-    evaluation.add_argument("--checkpoint", help="weights file (official .pth or .safetensors); "
-                            "default: the model's shipped weights")
+    evaluation.add_argument(
+        "--checkpoint",
+        help="weights file (official .pth or .safetensors); default: the model's shipped weights",
+    )
     evaluation.add_argument("--data", help="Fashion-MNIST directory, or an ImageNet-style val folder")
     evaluation.add_argument("--split", default="test", choices=["test", "val"], help="Fashion-MNIST split")
     evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -306,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     training.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     training.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
-    training.add_argument("--max-steps", type=int, help="stop (and save) after N steps in this run; resume later")
+    training.add_argument(
+        "--max-steps", type=int, help="stop (and save) after N steps in this run; resume later"
+    )
     training.set_defaults(run=cmd_train)
 
     sweep = commands.add_parser("sweep", help="every method at every FLOPs target: table, CSV, JSON, PNG")
@@ -325,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="dense vs reduced throughput, measured in the same run")
     _add_model_args(bench)
+    bench.add_argument("--checkpoint", help="weights file (default: shipped weights, or random ones)")
     bench.add_argument("--batch-size", type=int, default=64)
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--warmup", type=int, default=3)
@@ -336,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     viz = commands.add_parser("viz", help="draw which patches each reducing layer kept, merged or pruned")
     viz.add_argument("--model", default="vim_fmnist", help=f"one of: {', '.join(list_models())}")
     viz.add_argument("--checkpoint", help="weights file; default: the model's shipped weights")
-    viz.add_argument("--image", default="0", help="Fashion-MNIST test index, or an image file (ImageNet models)")
+    viz.add_argument(
+        "--image", default="0", help="Fashion-MNIST test index, or an image file (ImageNet models)"
+    )
     viz.add_argument("--data", help="Fashion-MNIST directory")
     viz.add_argument("--out", default="runs/viz.png")
     _add_reduction_args(viz)

@@ -13,8 +13,13 @@ from mambatr.data import to_model_input
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None = None,
-             progress: bool = True, desc: str = "eval") -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    total: int | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict:
     """Accuracy and mean cross-entropy over all batches; images/s counts model time only."""
     was_training = model.training
     model.eval()
@@ -33,16 +38,28 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     model.train(was_training)
     if seen == 0:
         raise ValueError("no images to evaluate")
-    return {"top1": 100.0 * correct / seen, "loss": loss_sum / seen, "images": seen, "correct": correct,
-            "images_per_s": seen / model_seconds}
+    return {
+        "top1": 100.0 * correct / seen,
+        "loss": loss_sum / seen,
+        "images": seen,
+        "correct": correct,
+        "images_per_s": seen / model_seconds,
+    }
 
 
-def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+def tensor_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> Iterator[tuple[torch.Tensor, ...]]:
     """Batches of model inputs from in-memory uint8 images (Fashion-MNIST)."""
     for start in range(0, len(images), batch_size):
         yield to_model_input(images[start : start + batch_size]), labels[start : start + batch_size]
 
 
-def evaluate_tensors(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
-                     progress: bool = True) -> dict:
+def evaluate_tensors(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict:
     return evaluate(model, tensor_batches(images, labels, batch_size), total=len(images), progress=progress)

@@ -51,8 +51,10 @@ class FlopsReport:
     @property
     def total(self) -> int:
         return (
-            sum(self.embed.values()) + sum(layer.total for layer in self.layers)
-            + sum(self.final.values()) + sum(self.overhead.values())
+            sum(self.embed.values())
+            + sum(layer.total for layer in self.layers)
+            + sum(self.final.values())
+            + sum(self.overhead.values())
         )
 
     @property
@@ -70,7 +72,9 @@ class FlopsReport:
         }
 
 
-def block_flops(config: VimConfig, tokens: int, index: int = 0, convention: Convention = "full") -> LayerFlops:
+def block_flops(
+    config: VimConfig, tokens: int, index: int = 0, convention: Convention = "full"
+) -> LayerFlops:
     """MACs of one bidirectional Mamba block on ``tokens`` tokens."""
     L, D, E, N, R, K = tokens, config.embed_dim, config.d_inner, config.d_state, config.rank, config.d_conv
     scan = SCAN_MACS_PER_STATE * L * E * N
@@ -111,7 +115,9 @@ def count_flops(
     if tokens_per_layer is None:
         tokens_per_layer = [config.seq_len] * config.depth
     if len(tokens_per_layer) != config.depth:
-        raise ValueError(f"tokens_per_layer has {len(tokens_per_layer)} entries for a depth-{config.depth} model")
+        raise ValueError(
+            f"tokens_per_layer has {len(tokens_per_layer)} entries for a depth-{config.depth} model"
+        )
     if any(t < 1 for t in tokens_per_layer):
         raise ValueError(f"every layer needs at least one token, got {list(tokens_per_layer)}")
     D, M = config.embed_dim, config.num_patches

@@ -16,30 +16,66 @@ Evaluate = Callable[[torch.nn.Module], dict]
 COLUMNS = ["method", "target", "flops_reduction", "token_reduction", "gflops", "top1", "drop", "images_per_s"]
 
 
-def run_sweep(model: torch.nn.Module, evaluate: Evaluate, methods: Sequence[str], reductions: Sequence[float],
-              options: dict[str, dict] | None = None, progress: bool = True) -> list[dict]:
+def run_sweep(
+    model: torch.nn.Module,
+    evaluate: Evaluate,
+    methods: Sequence[str],
+    reductions: Sequence[float],
+    options: dict[str, dict] | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Baseline row, then one row per (method, target); ``evaluate(model)`` returns top1 and images/s."""
     from mambatr.flops import count_flops
 
     dense = evaluate(model)
-    rows = [{"method": "baseline", "target": 0.0, "flops_reduction": 0.0, "token_reduction": 0.0,
-             "gflops": count_flops(model.config).gflops, "top1": dense["top1"], "drop": 0.0,
-             "images_per_s": dense["images_per_s"], "removals": {}}]
+    rows = [
+        {
+            "method": "baseline",
+            "target": 0.0,
+            "flops_reduction": 0.0,
+            "token_reduction": 0.0,
+            "gflops": count_flops(model.config).gflops,
+            "top1": dense["top1"],
+            "drop": 0.0,
+            "images_per_s": dense["images_per_s"],
+            "removals": {},
+        }
+    ]
     pairs = [(method, target) for method in methods for target in reductions]
     for method, target in tqdm(pairs, desc="sweep", disable=not progress):
         report = apply(model, method, target, **(options or {}).get(method, {}))
         result = evaluate(model)
         remove(model)
-        rows.append({"method": method, "target": target, "flops_reduction": report.flops_reduction_achieved,
-                     "token_reduction": report.token_reduction, "gflops": report.gflops, "top1": result["top1"],
-                     "drop": dense["top1"] - result["top1"], "images_per_s": result["images_per_s"],
-                     "removals": report.removals})
+        rows.append(
+            {
+                "method": method,
+                "target": target,
+                "flops_reduction": report.flops_reduction_achieved,
+                "token_reduction": report.token_reduction,
+                "gflops": report.gflops,
+                "top1": result["top1"],
+                "drop": dense["top1"] - result["top1"],
+                "images_per_s": result["images_per_s"],
+                "removals": report.removals,
+            }
+        )
     return rows
 
 
 def table_rows(rows: Iterable[dict]) -> list[list[object]]:
-    return [[r["method"], f"{r['target']:.0%}", 100 * r["flops_reduction"], 100 * r["token_reduction"],
-             r["gflops"], r["top1"], r["drop"], r["images_per_s"]] for r in rows]
+    return [
+        [
+            r["method"],
+            f"{r['target']:.0%}",
+            100 * r["flops_reduction"],
+            100 * r["token_reduction"],
+            r["gflops"],
+            r["top1"],
+            r["drop"],
+            r["images_per_s"],
+        ]
+        for r in rows
+    ]
 
 
 TABLE_HEADERS = ["method", "target", "FLOPs red. %", "token red. %", "GFLOPs", "top-1 %", "drop", "images/s"]

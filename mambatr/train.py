@@ -58,8 +58,15 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: bool = False,
-          limit: int | None = None, save_every: int = 200, max_steps: int | None = None) -> dict:
+def train(
+    recipe: Recipe,
+    out_dir: Path,
+    data_root: str | None = None,
+    resume: bool = False,
+    limit: int | None = None,
+    save_every: int = 200,
+    max_steps: int | None = None,
+) -> dict:
     """Run (or resume) training; writes ``last.pth`` checkpoints and the final safetensors + JSON.
 
     ``max_steps`` stops this invocation after that many optimizer steps (a checkpoint is saved), as a
@@ -92,10 +99,21 @@ def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: b
         step, history = state["step"], state["history"]
 
     def save() -> None:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "history": history, "recipe": asdict(recipe)}, checkpoint_path)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "history": history,
+                "recipe": asdict(recipe),
+            },
+            checkpoint_path,
+        )
 
-    start, stop_at = time.perf_counter(), total_steps if max_steps is None else min(total_steps, step + max_steps)
+    start, stop_at = (
+        time.perf_counter(),
+        total_steps if max_steps is None else min(total_steps, step + max_steps),
+    )
     model.train()
     while step < stop_at:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -130,11 +148,20 @@ def train(recipe: Recipe, out_dir: Path, data_root: str | None = None, resume: b
             save()
             return {"finished": False, "step": step, "history": history}
         model.eval()
-        val = evaluate_tensors(model, val_images.to(device), val_labels.to(device), batch_size=256, progress=False)
+        val = evaluate_tensors(
+            model, val_images.to(device), val_labels.to(device), batch_size=256, progress=False
+        )
         model.train()
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                        "train_top1": correct / max(seen, 1), "val_top1": val["top1"], "val_loss": val["loss"],
-                        "elapsed_s": time.perf_counter() - start})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": loss_sum / max(seen, 1),
+                "train_top1": correct / max(seen, 1),
+                "val_top1": val["top1"],
+                "val_loss": val["loss"],
+                "elapsed_s": time.perf_counter() - start,
+            }
+        )
         tqdm.write(json.dumps(history[-1]))
         save()
     if step < total_steps:  # stopped at an epoch boundary by max_steps
@@ -148,7 +175,13 @@ def export(model: torch.nn.Module, recipe: Recipe, history: list[dict], out_dir:
     weights = out_dir / f"{recipe.model}.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
     config = {k: v for k, v in asdict(model.config).items() if k != "extra"}
-    info = {"model": recipe.model, "description": model_entry(recipe.model).description, "config": config,
-            "recipe": asdict(recipe), "history": history, "torch": torch.__version__}
+    info = {
+        "model": recipe.model,
+        "description": model_entry(recipe.model).description,
+        "config": config,
+        "recipe": asdict(recipe),
+        "history": history,
+        "torch": torch.__version__,
+    }
     (out_dir / f"{recipe.model}.json").write_text(json.dumps(info, indent=2) + "\n")
     return {"weights": str(weights), **info}

@@ -42,8 +42,15 @@ def trace(model: VisionMamba, image: torch.Tensor) -> list[LayerTrace]:
     def recording(state: TokenState, internals, count: int) -> TokenState:
         out = original(state, internals, count)
         scores = method.scores(state, internals)
-        traces.append(LayerTrace(-1, out.sources[0].cpu(), out.positions[0].cpu(),
-                                 None if scores is None else scores[0].float().cpu(), state.positions[0].cpu()))
+        traces.append(
+            LayerTrace(
+                -1,
+                out.sources[0].cpu(),
+                out.positions[0].cpu(),
+                None if scores is None else scores[0].float().cpu(),
+                state.positions[0].cpu(),
+            )
+        )
         return out
 
     method.reduce = recording
@@ -95,13 +102,16 @@ def render_layer(model: VisionMamba, image: np.ndarray, trace_: LayerTrace) -> n
 
 def to_rgb_uint8(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """Undo the input normalisation of a (C, H, W) tensor, as (H, W, 3) uint8."""
-    pixels = image.detach().cpu().float() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    pixels = (
+        image.detach().cpu().float() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    )
     pixels = (pixels.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
     return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else pixels
 
 
-def visualize(model: VisionMamba, image: torch.Tensor, out: Path, mean: tuple[float, ...],
-              std: tuple[float, ...]) -> tuple[Path, Path, list[LayerTrace]]:
+def visualize(
+    model: VisionMamba, image: torch.Tensor, out: Path, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[Path, Path, list[LayerTrace]]:
     """Write ``out`` (original + one panel per reducing layer) and ``<out>_importance.png``."""
     traces = trace(model, image)
     rgb = to_rgb_uint8(image, mean, std)
@@ -136,8 +146,9 @@ def plot_importance(model: VisionMamba, traces: list[LayerTrace], path: Path) ->
             grid = np.delete(grid, config.cls_index)
         image = axis.imshow(grid.reshape(config.grid, config.grid), cmap="viridis")
         figure.colorbar(image, ax=axis, fraction=0.046)
-        axis.set_title(f"after block {trace_.layer}" + ("" if trace_.scores is not None else " (no score)"),
-                       fontsize=8)
+        axis.set_title(
+            f"after block {trace_.layer}" + ("" if trace_.scores is not None else " (no score)"), fontsize=8
+        )
         axis.axis("off")
     figure.suptitle(f"importance used by {model.reduction.method.name}", fontsize=9)
     figure.tight_layout()

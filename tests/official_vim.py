@@ -28,8 +28,38 @@ def _rms(x, w, eps=1e-5):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def official_forward(sd: dict, images: torch.Tensor, patch: int, stride: int, n_state: int, div2: bool = True,
-                     cls_mode: str = "middle") -> torch.Tensor:
+def _branch(p: dict, xz: torch.Tensor, sfx: str, a_name: str, d_name: str, n_state: int) -> torch.Tensor:
+    """One direction of the official mixer on (b, 2e, l): conv, x_proj, dt_proj, scan, gate."""
+    xx, z = xz.chunk(2, dim=1)
+    w = p[f"mixer.conv1d{sfx}.weight"]
+    conv = F.conv1d(xx, w, p[f"mixer.conv1d{sfx}.bias"], padding=w.shape[-1] - 1, groups=xx.shape[1])
+    xc = F.silu(conv[..., : xx.shape[-1]])
+    dbl = xc.transpose(1, 2) @ p[f"mixer.x_proj{sfx}.weight"].T
+    rank = p[f"mixer.dt_proj{sfx}.weight"].shape[1]
+    dt, B, C = dbl.split([rank, n_state, n_state], dim=-1)
+    delta = (dt @ p[f"mixer.dt_proj{sfx}.weight"].T).transpose(1, 2)
+    A = -torch.exp(p[f"mixer.{a_name}"])
+    return selective_scan_ref(
+        xc,
+        delta,
+        A,
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        p[f"mixer.{d_name}"],
+        z,
+        p[f"mixer.dt_proj{sfx}.bias"],
+    )
+
+
+def official_forward(
+    sd: dict,
+    images: torch.Tensor,
+    patch: int,
+    stride: int,
+    n_state: int,
+    div2: bool = True,
+    cls_mode: str = "middle",
+) -> torch.Tensor:
     x = F.conv2d(images, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=stride)
     x = x.flatten(2).transpose(1, 2)
     m = x.shape[1]
@@ -39,27 +69,13 @@ def official_forward(sd: dict, images: torch.Tensor, patch: int, stride: int, n_
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("layers."))
     hidden, residual = x, None
     for i in range(depth):
-        p = lambda name: sd[f"layers.{i}.{name}"]
+        layer = {k[len(f"layers.{i}.") :]: v for k, v in sd.items() if k.startswith(f"layers.{i}.")}
         residual = hidden if residual is None else residual + hidden
-        u = _rms(residual, p("norm.weight"))
-        xz = (u @ p("mixer.in_proj.weight").T).transpose(1, 2)  # (b, 2e, l)
-
-        def branch(xz, sfx, a_name, d_name):
-            xx, z = xz.chunk(2, dim=1)
-            w = p(f"mixer.conv1d{sfx}.weight")
-            xc = F.silu(F.conv1d(xx, w, p(f"mixer.conv1d{sfx}.bias"), padding=w.shape[-1] - 1,
-                                 groups=xx.shape[1])[..., : xx.shape[-1]])
-            dbl = xc.transpose(1, 2) @ p(f"mixer.x_proj{sfx}.weight").T
-            r = p(f"mixer.dt_proj{sfx}.weight").shape[1]
-            dt, B, C = dbl.split([r, n_state, n_state], dim=-1)
-            delta = (dt @ p(f"mixer.dt_proj{sfx}.weight").T).transpose(1, 2)
-            A = -torch.exp(p(f"mixer.{a_name}"))
-            return selective_scan_ref(xc, delta, A, B.transpose(1, 2), C.transpose(1, 2), p(f"mixer.{d_name}"),
-                                      z, p(f"mixer.dt_proj{sfx}.bias"))
-
-        y_f = branch(xz, "", "A_log", "D")
-        y_b = branch(xz.flip(-1), "_b", "A_b_log", "D_b").flip(-1)
+        u = _rms(residual, layer["norm.weight"])
+        xz = (u @ layer["mixer.in_proj.weight"].T).transpose(1, 2)  # (b, 2e, l)
+        y_f = _branch(layer, xz, "", "A_log", "D", n_state)
+        y_b = _branch(layer, xz.flip(-1), "_b", "A_b_log", "D_b", n_state).flip(-1)
         y = (y_f + y_b) / 2 if div2 else y_f + y_b
-        hidden = y.transpose(1, 2) @ p("mixer.out_proj.weight").T
+        hidden = y.transpose(1, 2) @ layer["mixer.out_proj.weight"].T
     feat = _rms(residual + hidden, sd["norm_f.weight"])
     return feat[:, cls_index] @ sd["head.weight"].T + sd["head.bias"]

@@ -9,10 +9,21 @@ from mambatr.models import CheckpointError
 
 def _official_training_dict(model):
     """The layout of hustvl/Vim's released .pth files: a full training checkpoint with pickled args."""
-    args = argparse.Namespace(model="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
-                              batch_size=128, lr=5e-4, input_size=224)
-    return {"model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "lr_scheduler": {},
-            "epoch": 299, "model_ema": model.state_dict(), "scaler": {}, "args": args}
+    args = argparse.Namespace(
+        model="vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+        batch_size=128,
+        lr=5e-4,
+        input_size=224,
+    )
+    return {
+        "model": model.state_dict(),
+        "optimizer": {"state": {}, "param_groups": []},
+        "lr_scheduler": {},
+        "epoch": 299,
+        "model_ema": model.state_dict(),
+        "scaler": {},
+        "args": args,
+    }
 
 
 def test_strict_load_official_vim_tiny_layout(tmp_path):
@@ -38,11 +49,20 @@ def test_module_prefix_and_flat_dict(tmp_path, tiny_vim):
     torch.testing.assert_close(target(x), source(x))
 
 
-@pytest.mark.parametrize("corrupt, message", [
-    (lambda sd: sd.pop("layers.1.mixer.A_b_log"), r"missing keys \(1\): \['layers.1.mixer.A_b_log'\]"),
-    (lambda sd: sd.__setitem__("layers.9.mixer.D", torch.ones(32)), r"unexpected keys \(1\): \['layers.9.mixer.D'\]"),
-    (lambda sd: sd.__setitem__("head.weight", torch.ones(7, 16)), r"head.weight: checkpoint \(7, 16\) vs model \(5, 16\)"),
-])
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda sd: sd.pop("layers.1.mixer.A_b_log"), r"missing keys \(1\): \['layers.1.mixer.A_b_log'\]"),
+        (
+            lambda sd: sd.__setitem__("layers.9.mixer.D", torch.ones(32)),
+            r"unexpected keys \(1\): \['layers.9.mixer.D'\]",
+        ),
+        (
+            lambda sd: sd.__setitem__("head.weight", torch.ones(7, 16)),
+            r"head.weight: checkpoint \(7, 16\) vs model \(5, 16\)",
+        ),
+    ],
+)
 def test_bad_checkpoint_names_the_keys(tmp_path, tiny_vim, corrupt, message):
     sd = tiny_vim().state_dict()
     corrupt(sd)

@@ -27,8 +27,14 @@ from mambatr.data import (
 )
 from mambatr.data.transforms import center_crop, resize_short_side
 
-IDX_CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype("i2"): 0x0B, np.dtype("i4"): 0x0C,
-             np.dtype("f4"): 0x0D, np.dtype("f8"): 0x0E}
+IDX_CODES = {
+    np.dtype("u1"): 0x08,
+    np.dtype("i1"): 0x09,
+    np.dtype("i2"): 0x0B,
+    np.dtype("i4"): 0x0C,
+    np.dtype("f4"): 0x0D,
+    np.dtype("f8"): 0x0E,
+}
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -155,8 +161,10 @@ def test_count_mismatch_and_bad_labels(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").exists(),
-                    reason=f"no Fashion-MNIST in {DEFAULT_ROOT} (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").exists(),
+    reason=f"no Fashion-MNIST in {DEFAULT_ROOT} (apt-get install dataset-fashion-mnist)",
+)
 def test_real_fashion_mnist():
     sizes = {"train": 55_000, "val": 5_000, "test": 10_000, "train_full": 60_000}
     for split, size in sizes.items():
@@ -258,8 +266,10 @@ def test_eval_transform_edge_cases():
 def image_folder(tmp_path) -> Path:
     """2 classes x 3 images of different sizes and modes (RGB / grayscale JPEG, RGBA PNG)."""
     rng = np.random.default_rng(0)
-    for name, sizes in (("n02_zebra", [(300, 200), (120, 160), (224, 224)]),
-                        ("n01_ant", [(256, 300), (90, 70), (400, 260)])):
+    for name, sizes in (
+        ("n02_zebra", [(300, 200), (120, 160), (224, 224)]),
+        ("n01_ant", [(256, 300), (90, 70), (400, 260)]),
+    ):
         (tmp_path / name).mkdir()
         for index, (width, height) in enumerate(sizes):
             pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)

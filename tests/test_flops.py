@@ -21,7 +21,9 @@ def test_matmul_part_matches_torch_flop_counter(tiny_vim):
 def test_totals_and_per_layer_consistent():
     config = VimConfig(img_size=28, patch_size=4, stride=4, in_chans=1, num_classes=10, embed_dim=32, depth=4)
     dense = count_flops(config)
-    assert dense.total == sum(dense.embed.values()) + sum(x.total for x in dense.layers) + sum(dense.final.values())
+    assert dense.total == sum(dense.embed.values()) + sum(x.total for x in dense.layers) + sum(
+        dense.final.values()
+    )
     assert [x.tokens for x in dense.layers] == [50] * 4
     reduced = count_flops(config, tokens_per_layer=[50, 50, 30, 30], overhead={1: 1000})
     assert reduced.total < dense.total

@@ -10,7 +10,9 @@ from mambatr.reduction.state import TokenState
 def _internals(y_forward: torch.Tensor, y_backward: torch.Tensor) -> BlockInternals:
     def branch(y):
         ones = torch.ones(*y.shape[:2], 2)
-        return BranchInternals(delta=torch.ones_like(y), B=ones, C=ones, y=y, y_ungated=y, A=-torch.ones(2, 2))
+        return BranchInternals(
+            delta=torch.ones_like(y), B=ones, C=ones, y=y, y_ungated=y, A=-torch.ones(2, 2)
+        )
 
     hidden = torch.zeros(*y_forward.shape[:2], 3)
     return BlockInternals(branch(y_forward), branch(y_backward), hidden=hidden, residual=hidden)

@@ -14,18 +14,28 @@ from mambatr.reduction.utr import UTR
 
 METHODS = ["utr", "evit", "pumer", "tome"]
 VARIANTS = [
-    ("utr", {}), ("utr", {"rest": "zero", "weights": "size", "metric": "clipped"}),
-    ("evit", {}), ("evit", {"fuse": True}), ("evit", {"indicator": "clip"}),
-    ("pumer", {}), ("pumer", {"prune_first": True}),
-    ("tome", {}), ("tome", {"weights": "mean", "metric": "clipped"}),
+    ("utr", {}),
+    ("utr", {"rest": "zero", "weights": "size", "metric": "clipped"}),
+    ("evit", {}),
+    ("evit", {"fuse": True}),
+    ("evit", {"indicator": "clip"}),
+    ("pumer", {}),
+    ("pumer", {"prune_first": True}),
+    ("tome", {}),
+    ("tome", {"weights": "mean", "metric": "clipped"}),
 ]
 
 
 def _internals(hidden: torch.Tensor) -> BlockInternals:
     batch, length = hidden.shape[:2]
-    branch = BranchInternals(delta=torch.ones(batch, length, 4), B=torch.ones(batch, length, 2),
-                             C=torch.ones(batch, length, 2), y=torch.zeros(batch, length, 4),
-                             y_ungated=torch.zeros(batch, length, 4), A=-torch.ones(4, 2))
+    branch = BranchInternals(
+        delta=torch.ones(batch, length, 4),
+        B=torch.ones(batch, length, 2),
+        C=torch.ones(batch, length, 2),
+        y=torch.zeros(batch, length, 4),
+        y_ungated=torch.zeros(batch, length, 4),
+        A=-torch.ones(4, 2),
+    )
     return BlockInternals(branch, branch, hidden=hidden, residual=hidden)
 
 
@@ -34,8 +44,9 @@ def _state(hidden: torch.Tensor, cls_position: int | None) -> TokenState:
     return state.with_streams(hidden, hidden.float() * 10)
 
 
-def _check(out: TokenState, positions: list[int], hidden: torch.Tensor, residual: torch.Tensor,
-           sizes: list[float]) -> None:
+def _check(
+    out: TokenState, positions: list[int], hidden: torch.Tensor, residual: torch.Tensor, sizes: list[float]
+) -> None:
     assert out.positions.tolist() == [positions]
     torch.testing.assert_close(out.hidden[0], hidden)
     torch.testing.assert_close(out.residual[0], residual)
@@ -164,8 +175,11 @@ def test_order_class_token_and_sizes_preserved(tiny_vim, name, options, cls_posi
     for out in seen:
         assert (out.positions.diff(dim=1) > 0).all()
         pruning = name == "evit" and not options.get("fuse") or options.get("prune_first")
-        assert ((out.sizes.sum(dim=1) < model.config.seq_len) if pruning
-                else (out.sizes.sum(dim=1) == model.config.seq_len)).all()  # merging conserves sizes
+        assert (
+            (out.sizes.sum(dim=1) < model.config.seq_len)
+            if pruning
+            else (out.sizes.sum(dim=1) == model.config.seq_len)
+        ).all()  # merging conserves sizes
         if model.config.cls_index is not None:
             assert (out.positions[torch.arange(3), out.cls_index()] == model.config.cls_index).all()
 

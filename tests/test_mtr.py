@@ -10,9 +10,14 @@ from mambatr.reduction.state import TokenState
 def _internals(delta_per_token: list[float], hidden: torch.Tensor) -> BlockInternals:
     batch, length = hidden.shape[:2]
     delta = torch.tensor(delta_per_token).reshape(1, length, 1).expand(batch, length, 4)
-    branch = BranchInternals(delta=delta, B=torch.ones(batch, length, 2), C=torch.ones(batch, length, 2),
-                             y=torch.zeros(batch, length, 4), y_ungated=torch.zeros(batch, length, 4),
-                             A=-torch.ones(4, 2))
+    branch = BranchInternals(
+        delta=delta,
+        B=torch.ones(batch, length, 2),
+        C=torch.ones(batch, length, 2),
+        y=torch.zeros(batch, length, 4),
+        y_ungated=torch.zeros(batch, length, 4),
+        A=-torch.ones(4, 2),
+    )
     return BlockInternals(branch, branch, hidden=hidden, residual=hidden)
 
 
@@ -118,9 +123,18 @@ def test_dtypes_and_gradients(tiny_vim, dtype):
         assert model.layers[-1].mixer.in_proj.weight.grad is not None
 
 
-@pytest.mark.parametrize("name, target", [("vim_small", 0.2), ("vim_small", 0.3), ("vim_small", 0.4),
-                                          ("vim_tiny", 0.3), ("vim_fmnist", 0.2), ("vim_fmnist", 0.3),
-                                          ("vim_fmnist", 0.4)])
+@pytest.mark.parametrize(
+    "name, target",
+    [
+        ("vim_small", 0.2),
+        ("vim_small", 0.3),
+        ("vim_small", 0.4),
+        ("vim_tiny", 0.3),
+        ("vim_fmnist", 0.2),
+        ("vim_fmnist", 0.3),
+        ("vim_fmnist", 0.4),
+    ],
+)
 def test_solver_hits_target(name, target):
     with torch.device("meta"):
         model = mambatr.create_model(name)

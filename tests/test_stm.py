@@ -30,7 +30,9 @@ def test_protected_merge_reproduces_the_state_with_one_state_dim(reverse):
     merged = u.clone()
     merged[:, absorber] += (weights * u[:, reduced]).sum(1)
     keep = [i for i in range(length) if i not in reduced]
-    compact = selective_scan_reference(merged[:, keep], delta[:, keep], A, B[:, keep], C[:, keep], reverse=reverse)
+    compact = selective_scan_reference(
+        merged[:, keep], delta[:, keep], A, B[:, keep], C[:, keep], reverse=reverse
+    )
     torch.testing.assert_close(compact, full[:, keep], rtol=1e-12, atol=1e-12)
 
 
@@ -47,7 +49,7 @@ def test_bnnm_merges_outermost_tokens_toward_the_class_token():
     torch.testing.assert_close(out.hidden[0, 1:4], hidden[0, 2:5])
     assert out.sizes.tolist() == [[2, 1, 1, 1, 2]] and out.cls_index().tolist() == [2]
     protected = STM().reduce(state, internals, count=2)
-    weight = (torch.exp(torch.tensor(-1.0)))  # equal delta and B: w = exp(delta * A)
+    weight = torch.exp(torch.tensor(-1.0))  # equal delta and B: w = exp(delta * A)
     torch.testing.assert_close(protected.hidden[0, 0], hidden[0, 1] + weight * hidden[0, 0])
 
 

@@ -11,15 +11,18 @@ def test_matches_official_math_float64(tiny_vim, cls_mode):
     model = tiny_vim(cls_position=cls_mode, divide_output=cls_mode == "middle").double()
     images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
     ours = model(images)
-    official = official_forward(model.state_dict(), images, 4, 4, 4, div2=cls_mode == "middle", cls_mode=cls_mode)
+    official = official_forward(
+        model.state_dict(), images, 4, 4, 4, div2=cls_mode == "middle", cls_mode=cls_mode
+    )
     torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
 
 
 def test_matches_official_math_float32(tiny_vim):
     model = tiny_vim()
     images = torch.randn(3, 3, 16, 16)
-    torch.testing.assert_close(model(images), official_forward(model.state_dict(), images, 4, 4, 4),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        model(images), official_forward(model.state_dict(), images, 4, 4, 4), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_fast_and_reference_scan_give_same_logits(tiny_vim):

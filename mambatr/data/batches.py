@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from mambatr.data.fashion_mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD
 
 
-def to_model_input(images: torch.Tensor, mean: float = FASHION_MNIST_MEAN,
-                   std: float = FASHION_MNIST_STD) -> torch.Tensor:
+def to_model_input(
+    images: torch.Tensor, mean: float = FASHION_MNIST_MEAN, std: float = FASHION_MNIST_STD
+) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, 1, H, W) -> normalised float32 (N, 1, H, W): (x / 255 - mean) / std."""
     if images.dtype != torch.uint8:
         raise TypeError(f"expected uint8 images, got {images.dtype}")
@@ -22,8 +23,9 @@ def to_model_input(images: torch.Tensor, mean: float = FASHION_MNIST_MEAN,
     return (images.float() / 255 - mean) / std
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, padding: int = 2,
-                  flip: bool = True) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator | None = None, padding: int = 2, flip: bool = True
+) -> torch.Tensor:
     """Random crop (zero padding ``padding`` px, crop back to size) and horizontal flip (p = 0.5), per image.
 
     Works on (N, H, W) or (N, C, H, W) tensors of any dtype in one gather; the same generator state gives
@@ -45,9 +47,15 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None
     return out.squeeze(1) if squeeze else out
 
 
-def iterate_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
-                    augment: bool = False, seed: int = 0,
-                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def iterate_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    shuffle: bool = False,
+    augment: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(normalised inputs (B, 1, H, W), labels (B,)) batches of uint8 images held in memory.
 
     One ``torch.Generator`` seeded with ``seed`` drives both the shuffle order and the augmentation, so

@@ -19,7 +19,16 @@ from mambatr.data.idx import read_idx
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 SPLITS: tuple[str, ...] = ("train", "val", "test", "train_full")
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 # Pixel mean / std of the 55,000-image "train" split, scaled to [0, 1], computed once with
 #   x = load_fashion_mnist("train")[0].double() / 255; print(x.mean().item(), x.std().item())
@@ -35,8 +44,9 @@ _FILES = {
 _INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist` or pass --data DIR"
 
 
-def train_val_indices(total: int = 60_000, val_size: int = VAL_SIZE,
-                      seed: int = VAL_SEED) -> tuple[np.ndarray, np.ndarray]:
+def train_val_indices(
+    total: int = 60_000, val_size: int = VAL_SIZE, seed: int = VAL_SEED
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) indices into the official training set, each sorted ascending.
 
     The val set is the first ``val_size`` entries of ``np.random.RandomState(seed).permutation(total)``;
@@ -85,14 +95,17 @@ def _read_pair(images_path: Path, labels_path: Path, stamp: tuple) -> tuple[np.n
     """Images (N, H, W) uint8 and labels (N,) int64 from an IDX pair, checked for consistency."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim != 3:
-        raise DatasetError(f"{images_path}: expected uint8 images (N, H, W), "
-                           f"got {images.dtype} {images.shape}")
+        raise DatasetError(
+            f"{images_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
+        )
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise DatasetError(f"{labels_path}: expected uint8 labels (N,), got {labels.dtype} {labels.shape}")
     if len(images) != len(labels):
-        raise DatasetError(f"{images_path.name} has {len(images):,} images but {labels_path.name} has "
-                           f"{len(labels):,} labels")
+        raise DatasetError(
+            f"{images_path.name} has {len(images):,} images but {labels_path.name} has {len(labels):,} labels"
+        )
     if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
-        raise DatasetError(f"{labels_path}: label {labels.max()} is not a class index "
-                           f"0..{len(FASHION_MNIST_CLASSES) - 1}")
+        raise DatasetError(
+            f"{labels_path}: label {labels.max()} is not a class index 0..{len(FASHION_MNIST_CLASSES) - 1}"
+        )
     return images, labels.astype(np.int64)

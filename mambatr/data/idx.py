@@ -45,8 +45,10 @@ def read_idx(path: str | Path) -> np.ndarray:
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     """Parse the bytes of an (uncompressed) IDX file; ``source`` names it in error messages."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
-        raise DatasetError(f"{source}: not an IDX file (magic bytes {data[:4].hex() or 'missing'}; "
-                           f"expected 00 00, a dtype code in {sorted(IDX_DTYPES)}, and the number of dims)")
+        raise DatasetError(
+            f"{source}: not an IDX file (magic bytes {data[:4].hex() or 'missing'}; "
+            f"expected 00 00, a dtype code in {sorted(IDX_DTYPES)}, and the number of dims)"
+        )
     dtype, ndim = IDX_DTYPES[data[2]], data[3]
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -54,7 +56,9 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) - header != expected:
-        raise DatasetError(f"{source}: header says shape {shape} ({expected:,} bytes of data) but the file "
-                           f"has {len(data) - header:,}: truncated or corrupt")
+        raise DatasetError(
+            f"{source}: header says shape {shape} ({expected:,} bytes of data) but the file "
+            f"has {len(data) - header:,}: truncated or corrupt"
+        )
     values = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return values.astype(dtype.newbyteorder("="))  # astype copies: writable and native-endian

@@ -30,16 +30,21 @@ class ImageFolder(torch.utils.data.Dataset):
     torchvision's ImageFolder. Without a transform, items are PIL RGB images.
     """
 
-    def __init__(self, root: str | Path, transform: Callable[[Image.Image], Any] | None = None,
-                 extensions: tuple[str, ...] = IMG_EXTENSIONS) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        transform: Callable[[Image.Image], Any] | None = None,
+        extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    ) -> None:
         self.root = Path(root)
         self.transform = transform
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"image folder {self.root} does not exist")
         self.classes = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
         if not self.classes:
-            raise DatasetError(f"{self.root} has no class subfolders: "
-                               f"expected {self.root}/<class>/<image files>")
+            raise DatasetError(
+                f"{self.root} has no class subfolders: expected {self.root}/<class>/<image files>"
+            )
         self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
         empty = []
@@ -64,6 +69,9 @@ class ImageFolder(torch.utils.data.Dataset):
 
 def _image_files(folder: Path, extensions: tuple[str, ...]) -> list[str]:
     """Image paths under ``folder``, recursively, in torchvision's order (sorted walk, sorted names)."""
-    return [os.path.join(directory, name)
-            for directory, _, names in sorted(os.walk(folder, followlinks=True))
-            for name in sorted(names) if name.lower().endswith(extensions)]
+    return [
+        os.path.join(directory, name)
+        for directory, _, names in sorted(os.walk(folder, followlinks=True))
+        for name in sorted(names)
+        if name.lower().endswith(extensions)
+    ]

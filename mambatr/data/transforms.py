@@ -89,9 +89,13 @@ class EvalTransform:
         return to_normalized_tensor(image, self.mean, self.std)
 
 
-def build_eval_transform(input_size: int = 224, crop_pct: float = 0.875, interpolation: str = "bicubic",
-                         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                         std: Sequence[float] = IMAGENET_DEFAULT_STD) -> EvalTransform:
+def build_eval_transform(
+    input_size: int = 224,
+    crop_pct: float = 0.875,
+    interpolation: str = "bicubic",
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+) -> EvalTransform:
     """Vim's evaluation transform: bicubic resize of the short side to ``int(input_size / crop_pct)``,
     center crop ``input_size``, /255, normalise (skipping resize and crop when input_size <= 32, as Vim does).
     """

@@ -13,7 +13,12 @@ from mambatr.models.registry import list_models, model_entry, register_model
 from mambatr.models.vim import VimConfig, VisionMamba, adapt_vim_state_dict
 
 __all__ = [
-    "CheckpointError", "VimConfig", "VisionMamba", "create_model", "list_models", "load_checkpoint",
+    "CheckpointError",
+    "VimConfig",
+    "VisionMamba",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
     "register_model",
 ]
 

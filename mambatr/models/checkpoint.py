@@ -53,7 +53,7 @@ def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, tor
         others = sorted(k for k in obj if k not in tensors)
         raise CheckpointError(f"{source}: non-tensor entries in the state dict: {others[:10]}")
     if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -93,8 +93,11 @@ def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str
     if missing or unexpected or misshaped:
         parts = [
             f"{label} ({len(items)}): {items[:8]}{' ...' if len(items) > 8 else ''}"
-            for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                 ("shape mismatches", misshaped))
+            for label, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", misshaped),
+            )
             if items
         ]
         raise CheckpointError(f"{source} does not match the model: " + "; ".join(parts))

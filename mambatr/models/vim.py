@@ -127,7 +127,9 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm in float32 (float64 for float64), cast to the weight's dtype (mamba_ssm's rms_norm_fn)."""
     acc = x.to(accumulate_dtype(weight.dtype))
-    return (acc * torch.rsqrt(acc.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc.dtype)).to(weight.dtype)
+    return (acc * torch.rsqrt(acc.pow(2).mean(-1, keepdim=True) + eps) * weight.to(acc.dtype)).to(
+        weight.dtype
+    )
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +156,8 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"expected images (B, {self.in_chans}, H, W), got shape {tuple(images.shape)}")
         if images.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(
-                f"expected {self.img_size}x{self.img_size} images, got {images.shape[-2]}x{images.shape[-1]}; "
+                f"expected {self.img_size}x{self.img_size} images, "
+                f"got {images.shape[-2]}x{images.shape[-1]}; "
                 "create the model with img_size=... (position embeddings are interpolated on load)"
             )
         return self.proj(images).flatten(2).transpose(1, 2)
@@ -171,7 +174,9 @@ class BiMambaMixer(nn.Module):
         self.out_proj = nn.Linear(e, d, bias=False)
         a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(e, 1)
         for suffix in ("", "_b"):
-            self.add_module(f"conv1d{suffix}", nn.Conv1d(e, e, config.d_conv, groups=e, padding=config.d_conv - 1))
+            self.add_module(
+                f"conv1d{suffix}", nn.Conv1d(e, e, config.d_conv, groups=e, padding=config.d_conv - 1)
+            )
             self.add_module(f"x_proj{suffix}", nn.Linear(e, r + 2 * n, bias=False))
             self.add_module(f"dt_proj{suffix}", nn.Linear(r, e, bias=True))
         self.A_log = nn.Parameter(a_log.clone())
@@ -194,8 +199,18 @@ class BiMambaMixer(nn.Module):
         dt, B, C = x_proj(xc).split([self.rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, dt_proj.weight)  # the bias is added inside the scan, before softplus
         y = selective_scan(
-            xc, dt, A, B, C, D, z=None if capture else z, delta_bias=dt_proj.bias.to(acc),
-            delta_softplus=True, gap=gap, reverse=backward, impl=self.scan_impl,
+            xc,
+            dt,
+            A,
+            B,
+            C,
+            D,
+            z=None if capture else z,
+            delta_bias=dt_proj.bias.to(acc),
+            delta_softplus=True,
+            gap=gap,
+            reverse=backward,
+            impl=self.scan_impl,
         )
         if not capture:
             return y, None
@@ -237,7 +252,9 @@ class Block(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, BlockInternals | None]:
         acc = accumulate_dtype(self.norm.weight.dtype)
         residual = hidden.to(acc) if residual is None else residual + hidden.to(acc)
-        hidden, branches = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), gaps=gaps, capture=capture)
+        hidden, branches = self.mixer(
+            self.norm(residual.to(self.norm.weight.dtype)), gaps=gaps, capture=capture
+        )
         if branches is None:
             return hidden, residual, None
         return hidden, residual, BlockInternals(branches[0], branches[1], hidden=hidden, residual=residual)
@@ -273,7 +290,9 @@ class VisionMamba(nn.Module):
             mixer = layer.mixer
             for dt_proj in (mixer.dt_proj, mixer.dt_proj_b):
                 nn.init.uniform_(dt_proj.weight, -(rank**-0.5), rank**-0.5)
-                dt = torch.exp(torch.rand(dt_proj.bias.shape) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+                dt = torch.exp(
+                    torch.rand(dt_proj.bias.shape) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
+                )
                 dt = dt.clamp(min=1e-4)
                 with torch.no_grad():
                     dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus

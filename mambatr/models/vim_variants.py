@@ -31,13 +31,20 @@ for _size in ("tiny", "small"):
     )(_official(OFFICIAL_SIZES[_size], stride=8))
 
 FMNIST_CONFIG = VimConfig(
-    img_size=28, patch_size=4, stride=4, in_chans=1, num_classes=10, embed_dim=96, depth=12,
+    img_size=28,
+    patch_size=4,
+    stride=4,
+    in_chans=1,
+    num_classes=10,
+    embed_dim=96,
+    depth=12,
 )
 
 
 @register_model(
     "vim_fmnist",
-    "Fashion-MNIST testbed: Vim architecture, 28x28, patch 4 (49 tokens + middle class token), D=96, depth 12",
+    "Fashion-MNIST testbed: Vim architecture, 28x28, patch 4 (49 tokens + middle class token), "
+    "D=96, depth 12",
     weights=WEIGHTS_DIR / "vim_fmnist.safetensors",
     dataset="fashion_mnist",
 )
@@ -46,7 +53,8 @@ def vim_fmnist(**overrides) -> VisionMamba:
 
 
 @register_model(
-    "vim_custom", "free Vim config: pass img_size, patch_size, embed_dim, depth, ... as overrides",
+    "vim_custom",
+    "free Vim config: pass img_size, patch_size, embed_dim, depth, ... as overrides",
     dataset="fashion_mnist",
 )
 def vim_custom(**overrides) -> VisionMamba:

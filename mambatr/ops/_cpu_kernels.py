@@ -101,6 +101,6 @@ def _failure(cause: str) -> str:
         f"mambatr: building the C++ CPU kernels failed ({cause}).\n"
         "Fix: install a C++ compiler and the Python headers (e.g. `apt-get install g++ python3-dev`) and "
         "`pip install ninja`, then run `python -m mambatr.ops.build` to see the full compiler output; "
-        "or use the slower pure-PyTorch ops explicitly: impl=\"torch\" (or MAMBATR_OPS_IMPL=torch). "
+        'or use the slower pure-PyTorch ops explicitly: impl="torch" (or MAMBATR_OPS_IMPL=torch). '
         f"Python {sys.version.split()[0]}, torch {torch.__version__}."
     )

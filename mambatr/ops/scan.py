@@ -72,8 +72,15 @@ def selective_scan_cpu(
     _cpu_kernels.load()
     dtype = _compute_dtype(u.dtype)
     args = (
-        _rows(u, dtype), _rows(delta, dtype), _dense(A, dtype), _rows(B, dtype), _rows(C, dtype),
-        _dense(D, dtype), _rows(z, dtype), _dense(delta_bias, dtype), _dense(gap, dtype),
+        _rows(u, dtype),
+        _rows(delta, dtype),
+        _dense(A, dtype),
+        _rows(B, dtype),
+        _rows(C, dtype),
+        _dense(D, dtype),
+        _rows(z, dtype),
+        _dense(delta_bias, dtype),
+        _dense(gap, dtype),
     )
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
         y = _SelectiveScanCPU.apply(*args, delta_softplus, reverse)
@@ -99,11 +106,17 @@ class _SelectiveScanCPU(torch.autograd.Function):
             dout, u, delta, A, B, C, D, z, delta_bias, gap, *ctx.flags
         )
         return (
-            du, ddelta, dA, dB, dC,
+            du,
+            ddelta,
+            dA,
+            dB,
+            dC,
             None if D is None else dD,
             None if z is None else dz,
             None if delta_bias is None else dbias,
-            None, None, None,
+            None,
+            None,
+            None,
         )
 
 
@@ -177,7 +190,14 @@ def selective_scan_mamba_ssm(
         return (t.flip(1) if reverse else t).transpose(1, 2)
 
     y = selective_scan_fn(
-        channels_first(u), channels_first(delta), A, channels_first(B), channels_first(C), D,
-        channels_first(z), delta_bias, delta_softplus,
+        channels_first(u),
+        channels_first(delta),
+        A,
+        channels_first(B),
+        channels_first(C),
+        D,
+        channels_first(z),
+        delta_bias,
+        delta_softplus,
     ).transpose(1, 2)
     return y.flip(1) if reverse else y

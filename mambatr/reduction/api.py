@@ -12,7 +12,11 @@ from mambatr.models.vim import VisionMamba
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.registry import build_method
 from mambatr.reduction.schedule import (
-    check_layers, default_layers, reduced_flops, removals_for, solve,
+    check_layers,
+    default_layers,
+    reduced_flops,
+    removals_for,
+    solve,
 )
 
 
@@ -64,7 +68,9 @@ def apply(
         layers = reducer.preferred_layers(config.depth) or default_layers(config.depth)
     layers = check_layers(layers, config.depth)
     if (flops_reduction is None) == (ratio is None):
-        raise ValueError("give exactly one of flops_reduction (a FLOPs target) or ratio (the method's amount)")
+        raise ValueError(
+            "give exactly one of flops_reduction (a FLOPs target) or ratio (the method's amount)"
+        )
     if ratio is not None:
         if not 0.0 <= ratio <= reducer.max_amount:
             raise ValueError(f"{method}: ratio must be in [0, {reducer.max_amount}], got {ratio}")
@@ -75,9 +81,14 @@ def apply(
     dense = count_flops(config).total
     backbone.reduction = Reduction(reducer, removals) if any(removals.values()) else None
     return ReductionReport(
-        method=method, options=reducer.describe(), layers=layers, removals=removals,
-        tokens_per_layer=[layer.tokens for layer in report.layers], gflops_dense=dense / 1e9,
-        gflops=report.gflops, flops_reduction_target=flops_reduction,
+        method=method,
+        options=reducer.describe(),
+        layers=layers,
+        removals=removals,
+        tokens_per_layer=[layer.tokens for layer in report.layers],
+        gflops_dense=dense / 1e9,
+        gflops=report.gflops,
+        flops_reduction_target=flops_reduction,
         flops_reduction_achieved=1.0 - report.total / dense,
         token_reduction=1.0 - sum(layer.tokens for layer in report.layers) / (config.depth * config.seq_len),
     )

@@ -36,6 +36,23 @@ class ReductionMethod(ABC):
                 raise ValueError(f"{self.name}: {key} must be {allowed.__name__}, got {value!r}")
             setattr(self, key, value)
 
+    @classmethod
+    def parse_option(cls, key: str, text: str) -> object:
+        """An option's value from command-line text, typed by the option spec (bool, int, float, choice)."""
+        if key not in cls.options:
+            raise ValueError(f"{cls.name}: unknown option {key!r}; known: {sorted(cls.options)}")
+        default, allowed = cls.options[key]
+        if allowed is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{cls.name}: {key} expects true or false, got {text!r}")
+            return text.lower() in ("true", "1", "yes")
+        if allowed in (int, float):
+            try:
+                return allowed(text)
+            except ValueError:
+                raise ValueError(f"{cls.name}: {key} expects {allowed.__name__}, got {text!r}") from None
+        return text
+
     def describe(self) -> dict[str, object]:
         return {key: getattr(self, key) for key in self.options}
 

@@ -55,7 +55,9 @@ class HSA(ReductionMethod):
         return score + rank
 
     def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor:
-        branches = (internals.backward,) if self.source == "backward" else (internals.forward, internals.backward)
+        branches = (
+            (internals.backward,) if self.source == "backward" else (internals.forward, internals.backward)
+        )
         total = 0
         for branch in branches:
             y = (branch.y if self.gated else branch.y_ungated).float()

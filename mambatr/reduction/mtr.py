@@ -71,7 +71,9 @@ class MTR(ReductionMethod):
         targets = tokens - 2 * count - 1
         score = 2 * tokens * config.d_inner  # Δ_f + Δ_b, channel mean
         rank = tokens * max(1, math.ceil(math.log2(tokens)))  # sort
-        similarity = (count + targets) * 2 * config.embed_dim + count * targets * config.embed_dim  # normalise + dot
+        similarity = (
+            count + targets
+        ) * 2 * config.embed_dim + count * targets * config.embed_dim  # normalise + dot
         merge = 2 * 2 * count * config.embed_dim  # scatter-add into targets, hidden and residual
         return score + rank + similarity + merge
 
@@ -80,9 +82,13 @@ class MTR(ReductionMethod):
 
     def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         if count > self.max_removal(state.length, state.cls_position is not None):
-            raise ValueError(f"mtr: cannot remove {count} of {state.length} tokens (keep and source hold c each)")
+            raise ValueError(
+                f"mtr: cannot remove {count} of {state.length} tokens (keep and source hold c each)"
+            )
         score = self.scores(state, internals)
-        score = score.masked_fill(~state.reducible_mask(), float("inf"))  # the class token ranks first, untouched
+        score = score.masked_fill(
+            ~state.reducible_mask(), float("inf")
+        )  # the class token ranks first, untouched
         order = score.argsort(dim=1, descending=True)
         protected = int(state.cls_position is not None)
         keep = order[:, : protected + count]

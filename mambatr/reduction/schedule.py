@@ -26,16 +26,22 @@ def check_layers(layers: Sequence[int], depth: int) -> list[int]:
         raise ValueError("no reduction layers given")
     bad = [layer for layer in layers if not 0 <= layer < depth - 1]
     if bad:
-        raise ValueError(f"reduction layers {bad} out of range: a depth-{depth} model reduces after blocks "
-                         f"0..{depth - 2} (a reduction after the last block would save nothing)")
+        raise ValueError(
+            f"reduction layers {bad} out of range: a depth-{depth} model reduces after blocks "
+            f"0..{depth - 2} (a reduction after the last block would save nothing)"
+        )
     return layers
 
 
-def removals_for(config: VimConfig, method: ReductionMethod, layers: Sequence[int], amount: float) -> dict[int, int]:
+def removals_for(
+    config: VimConfig, method: ReductionMethod, layers: Sequence[int], amount: float
+) -> dict[int, int]:
     """Tokens removed after each layer when the method's knob is ``amount``."""
     tokens, removals = config.seq_len, {}
     for layer in layers:
-        count = min(method.removal(amount, tokens, config.has_cls), method.max_removal(tokens, config.has_cls))
+        count = min(
+            method.removal(amount, tokens, config.has_cls), method.max_removal(tokens, config.has_cls)
+        )
         removals[layer] = max(count, 0)
         tokens -= removals[layer]
     return removals
@@ -49,7 +55,9 @@ def reduced_flops(config: VimConfig, method: ReductionMethod, removals: dict[int
         count = removals.get(block, 0)
         if count:
             if count > method.max_removal(tokens, config.has_cls):
-                raise ValueError(f"{method.name}: cannot remove {count} of {tokens} tokens after block {block}")
+                raise ValueError(
+                    f"{method.name}: cannot remove {count} of {tokens} tokens after block {block}"
+                )
             overhead[block] = method.overhead(config, tokens, count)
             tokens -= count
     return count_flops(config, per_layer, overhead=overhead)

@@ -27,7 +27,9 @@ class TokenState:
     sources: torch.Tensor | None = None  # (B, L, L0) which original tokens each token holds (viz only)
 
     @classmethod
-    def initial(cls, tokens: torch.Tensor, cls_position: int | None, track_sources: bool = False) -> TokenState:
+    def initial(
+        cls, tokens: torch.Tensor, cls_position: int | None, track_sources: bool = False
+    ) -> TokenState:
         batch, length = tokens.shape[:2]
         positions = torch.arange(length, device=tokens.device).expand(batch, length)
         sizes = torch.ones(batch, length, device=tokens.device, dtype=torch.float32)
@@ -97,17 +99,20 @@ class ReductionPlan:
         w_kept, w_removed = w_kept.to(acc), w_removed.to(acc)
         total = w_kept.scatter_add(1, self.into, w_removed)
         summed = (kept.to(acc) * w_kept[..., None]).scatter_add(
-            1, self.into[..., None].expand(-1, -1, x.shape[-1]),
+            1,
+            self.into[..., None].expand(-1, -1, x.shape[-1]),
             gather_tokens(x, self.removed).to(acc) * w_removed[..., None],
         )
         return (summed / total[..., None]).to(x.dtype)
 
     def reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """Survivors of x (B, L, ...) with every merged token's value added to its survivor (sizes, sources)."""
+        """Survivors of x (B, L, ...), each merged token's value added to its survivor (sizes, sources)."""
         kept = gather_tokens(x, self.survivors)
         if self.into is None:
             return kept
-        index = self.into.reshape(*self.into.shape, *([1] * (x.ndim - 2))).expand(*self.into.shape, *x.shape[2:])
+        index = self.into.reshape(*self.into.shape, *([1] * (x.ndim - 2))).expand(
+            *self.into.shape, *x.shape[2:]
+        )
         return kept.scatter_add(1, index, gather_tokens(x, self.removed))
 
     def apply(self, state: TokenState, hidden: bool = True, residual: bool = True) -> TokenState:
@@ -136,6 +141,8 @@ def make_plan(
     into = None
     if into_tokens is not None:
         slot = torch.full_like(state.positions, -1)
-        slot.scatter_(1, survivors, torch.arange(survivors.shape[1], device=survivors.device).expand_as(survivors))
+        slot.scatter_(
+            1, survivors, torch.arange(survivors.shape[1], device=survivors.device).expand_as(survivors)
+        )
         into = torch.gather(slot, 1, into_tokens)
     return ReductionPlan(survivors, removed, into, weights)

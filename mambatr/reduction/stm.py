@@ -33,7 +33,9 @@ def protection_weights(branch: BranchInternals, reduced: torch.Tensor, absorber:
     if forward:
         decay_sum = cumulative[:, absorber : absorber + 1] - cumulative[:, reduced]
     else:
-        decay_sum = cumulative[:, reduced - 1] - (cumulative[:, absorber - 1 : absorber] if absorber > 0 else 0)
+        decay_sum = cumulative[:, reduced - 1] - (
+            cumulative[:, absorber - 1 : absorber] if absorber > 0 else 0
+        )
     b_abs, b_red = B[:, absorber], B[:, reduced]  # (B, N), (B, k, N)
     decay = torch.exp(decay_sum[..., None] * A)  # (B, k, E, N)
     projection = (decay * (b_abs[:, None, None, :] * b_red[:, :, None, :])).sum(-1)  # (B, k, E)
@@ -60,8 +62,14 @@ class STM(ReductionMethod):
         weights = count * config.d_inner * config.d_state * 4 if self.protect else 0  # exp, products, sums
         return weights + 2 * 2 * count * config.embed_dim  # weighted adds into hidden and residual
 
-    def _merge(self, state: TokenState, branch: BranchInternals, reduced: list[int], absorber: int,
-               streams: dict[str, torch.Tensor]) -> None:
+    def _merge(
+        self,
+        state: TokenState,
+        branch: BranchInternals,
+        reduced: list[int],
+        absorber: int,
+        streams: dict[str, torch.Tensor],
+    ) -> None:
         index = torch.tensor(reduced, device=state.hidden.device)
         if self.protect:
             weights = protection_weights(branch, index, absorber).mean(-1).clamp(0.0, 1.0)  # (B, k)
@@ -80,8 +88,10 @@ class STM(ReductionMethod):
         k_left = min(math.ceil(count / 2) if right > 1 else count, max(left - 1, 0))
         k_right = count - k_left
         if k_right > max(right - 1, 0):
-            raise ValueError(f"stm: cannot merge {count} of {state.length} tokens ({left} left / {right} right "
-                             "of the class token, each side keeps one)")
+            raise ValueError(
+                f"stm: cannot merge {count} of {state.length} tokens ({left} left / {right} right "
+                "of the class token, each side keeps one)"
+            )
         streams = {"hidden": state.hidden.clone(), "residual": state.residual.clone()}
         totals = {"sizes": state.sizes.clone()}  # merged tokens add up their sizes (and sources)
         if state.sources is not None:
@@ -97,6 +107,11 @@ class STM(ReductionMethod):
                 x[:, absorber] += x[:, absorber + 1 :].sum(1)
         keep = slice(k_left, state.length - k_right)
         sources = totals.get("sources")
-        return TokenState(streams["hidden"][:, keep], streams["residual"][:, keep], state.positions[:, keep],
-                          totals["sizes"][:, keep], state.cls_position,
-                          None if sources is None else sources[:, keep])
+        return TokenState(
+            streams["hidden"][:, keep],
+            streams["residual"][:, keep],
+            state.positions[:, keep],
+            totals["sizes"][:, keep],
+            state.cls_position,
+            None if sources is None else sources[:, keep],
+        )
