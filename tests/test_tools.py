@@ -13,7 +13,9 @@ from mambatr.cli import main
 from mambatr.sweep import run_sweep, write_outputs
 from mambatr.visualize import PANEL_SCALE, group_colors, patch_assignment, visualize
 
-SMALL = dict(img_size=28, patch_size=4, stride=4, in_chans=1, num_classes=10, embed_dim=16, depth=4, d_state=4)
+SMALL = dict(
+    img_size=28, patch_size=4, stride=4, in_chans=1, num_classes=10, embed_dim=16, depth=4, d_state=4
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +24,39 @@ def checkpoint(tmp_path_factory):
 
     root = write_fashion_mnist(tmp_path_factory.mktemp("data"))
     out = tmp_path_factory.mktemp("run")
-    train(Recipe(model="vim_custom", epochs=1, batch_size=32, threads=1, model_overrides=SMALL), out,
-          data_root=str(root), limit=32)
+    train(
+        Recipe(model="vim_custom", epochs=1, batch_size=32, threads=1, model_overrides=SMALL),
+        out,
+        data_root=str(root),
+        limit=32,
+    )
     return root, out / "vim_custom.safetensors"
 
 
 def test_bench_json_fields_consistent(checkpoint, capsys):
     _, weights = checkpoint
-    main(["bench", "--model", "vim_custom", "--checkpoint", str(weights), "--batch-size", "4", "--runs", "2",
-          "--warmup", "1", "--threads", "1", "--method", "mtr", "--flops-reduction", "0.3", "--json"])
+    main(
+        [
+            "bench",
+            "--model",
+            "vim_custom",
+            "--checkpoint",
+            str(weights),
+            "--batch-size",
+            "4",
+            "--runs",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--method",
+            "mtr",
+            "--flops-reduction",
+            "0.3",
+            "--json",
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["speedup"] > 0 and result["dense"]["images_per_s"] > 0
     assert result["ideal_speedup"] == pytest.approx(1 / (1 - result["flops_reduction_achieved"]))
