@@ -1,7 +1,7 @@
 """Which patches a reduction kept, merged together or pruned, drawn on the input image (as ToMe's vis).
 
 One panel per reducing layer: each patch still standing alone shows the image, each merged group is
-filled with one colour of its own, pruned patches are black. A second PNG plots, per reducing layer,
+filled with one colour of its own, pruned patches are dark red. A second PNG plots, per reducing layer,
 the importance score the method ranked tokens by, on the patch grid.
 """
 
@@ -19,6 +19,7 @@ from mambatr.models.vim import VisionMamba
 from mambatr.reduction.state import TokenState
 
 PANEL_SCALE = 8  # pixels per input pixel in the drawing
+PRUNED_COLOR = (80, 0, 0)  # dark red: unlike black, it cannot be mistaken for image background
 
 
 @dataclass
@@ -93,7 +94,7 @@ def render_layer(model: VisionMamba, image: np.ndarray, trace_: LayerTrace) -> n
         row, col = divmod(patch, config.grid)
         window = (slice(row * stride, row * stride + p), slice(col * stride, col * stride + p))
         if token < 0:
-            panel[window] = 0
+            panel[window] = PRUNED_COLOR
         elif sizes[token] > 1:
             panel[window] = colors[token]
     panel = np.repeat(np.repeat(panel, PANEL_SCALE, 0), PANEL_SCALE, 1)

@@ -11,7 +11,7 @@ from PIL import Image
 import mambatr
 from mambatr.cli import main
 from mambatr.sweep import run_sweep, write_outputs
-from mambatr.visualize import PANEL_SCALE, group_colors, patch_assignment, visualize
+from mambatr.visualize import PANEL_SCALE, PRUNED_COLOR, group_colors, patch_assignment, visualize
 
 SMALL = dict(
     img_size=28, patch_size=4, stride=4, in_chans=1, num_classes=10, embed_dim=16, depth=4, d_state=4
@@ -86,7 +86,7 @@ def test_viz_png_matches_the_groups(checkpoint, tmp_path, method):
             y = (row * config.stride + config.patch_size // 2) * PANEL_SCALE
             x = left + (col * config.stride + config.patch_size // 2) * PANEL_SCALE
             if token < 0:
-                assert (picture[y, x] == 0).all()
+                assert tuple(picture[y, x]) == PRUNED_COLOR
             elif sizes[token] > 1:
                 assert (picture[y, x] == colors[token]).all()
     if method == "hsa":
