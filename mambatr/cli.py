@@ -183,7 +183,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     images, labels = data.load_fashion_mnist("test", root=args.data)
     images, labels = images[: args.limit], labels[: args.limit]
     print(
-        f"mambatr demo: vim_fmnist (shipped weights) on {len(images):,} Fashion-MNIST test images",
+        f"mambatr demo: vim_fmnist (shipped weights) on the first {len(images):,} of the 10,000 "
+        "Fashion-MNIST test images (all of them: --limit 10000, or mambatr eval / sweep)",
         file=sys.stderr,
     )
     dense = count_flops(model.config)
