@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from handmade import make_internals, make_state
 
 import mambatr
-from mambatr.models.vim import BlockInternals, BranchInternals
 from mambatr.reduction.evit import EViT
 from mambatr.reduction.pumer import PuMer
 from mambatr.reduction.state import TokenState
@@ -26,24 +26,6 @@ VARIANTS = [
 ]
 
 
-def _internals(hidden: torch.Tensor) -> BlockInternals:
-    batch, length = hidden.shape[:2]
-    branch = BranchInternals(
-        delta=torch.ones(batch, length, 4),
-        B=torch.ones(batch, length, 2),
-        C=torch.ones(batch, length, 2),
-        y=torch.zeros(batch, length, 4),
-        y_ungated=torch.zeros(batch, length, 4),
-        A=-torch.ones(4, 2),
-    )
-    return BlockInternals(branch, branch, hidden=hidden, residual=hidden)
-
-
-def _state(hidden: torch.Tensor, cls_position: int | None) -> TokenState:
-    state = TokenState.initial(hidden, cls_position)
-    return state.with_streams(hidden, hidden.float() * 10)
-
-
 def _check(
     out: TokenState, positions: list[int], hidden: torch.Tensor, residual: torch.Tensor, sizes: list[float]
 ) -> None:
@@ -56,13 +38,13 @@ def _check(
 def test_tome_alternating_sets_and_size_weighted_merge():
     # class token at 3; reducible 0 1 2 4 5 6 -> A = {0, 2, 5}, B = {1, 4, 6}
     t = torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1], [5, 5], [-1, 0], [0, -1], [0.2, 0.8]])
-    state = _state(t[None], cls_position=3)
+    state = make_state(t[None], cls_position=3)
     state.sizes[0, 1] = 3.0
-    out = ToMe().reduce(state, _internals(t[None]), count=2)  # 0 -> 1 (cos 0.99), 2 -> 6 (0.97); 5 stays
+    out = ToMe().reduce(state, make_internals(t[None]), count=2)  # 0 -> 1 (cos 0.99), 2 -> 6 (0.97); 5 stays
     merged = torch.stack([(t[0] + 3 * t[1]) / 4, t[3], t[4], t[5], (t[2] + t[6]) / 2])
     _check(out, [1, 3, 4, 5, 6], merged, merged * 10, [4, 1, 1, 1, 2])
     assert out.cls_index().tolist() == [1]
-    out = ToMe(weights="mean").reduce(state, _internals(t[None]), count=1)
+    out = ToMe(weights="mean").reduce(state, make_internals(t[None]), count=1)
     merged = torch.stack([(t[0] + t[1]) / 2, t[2], t[3], t[4], t[5], t[6]])
     _check(out, [1, 2, 3, 4, 5, 6], merged, merged * 10, [4, 1, 1, 1, 1, 1])
 
@@ -74,11 +56,11 @@ PUMER_TOKENS = torch.tensor([[1.0, 1, 1], [1, 0.2, -1], [1, 0.2, 0], [0, 1, 0], 
 
 def test_pumer_matches_on_clipped_features_where_tome_uses_hidden():
     t = PUMER_TOKENS
-    state = _state(t[None], cls_position=0)
-    out = PuMer().reduce(state, _internals(t[None]), count=1)
+    state = make_state(t[None], cls_position=0)
+    out = PuMer().reduce(state, make_internals(t[None]), count=1)
     merged = torch.stack([t[0], (t[1] + t[2]) / 2, t[3], t[4]])
     _check(out, [0, 2, 3, 4], merged, merged * 10, [1, 2, 1, 1])
-    out = ToMe().reduce(state, _internals(t[None]), count=1)
+    out = ToMe().reduce(state, make_internals(t[None]), count=1)
     merged = torch.stack([t[0], t[2], t[3], (t[1] + t[4]) / 2])
     _check(out, [0, 2, 3, 4], merged, merged * 10, [1, 1, 1, 2])
 
@@ -86,7 +68,9 @@ def test_pumer_matches_on_clipped_features_where_tome_uses_hidden():
 def test_pumer_prune_first_prunes_half_then_merges():
     t = PUMER_TOKENS
     # class similarity: 1: 0.08, 2: 0.68, 3: 0.58, 4: 0.0 -> prune 4; then A = {1, 3}, B = {2}: 1 -> 2
-    out = PuMer(prune_first=True).reduce(_state(t[None], cls_position=0), _internals(t[None]), count=2)
+    out = PuMer(prune_first=True).reduce(
+        make_state(t[None], cls_position=0), make_internals(t[None]), count=2
+    )
     merged = torch.stack([t[0], (t[1] + t[2]) / 2, t[3]])
     _check(out, [0, 2, 3], merged, merged * 10, [1, 2, 1])
     assert PuMer(prune_first=True).split(5) == (2, 3)
@@ -99,7 +83,7 @@ EVIT_TOKENS = torch.tensor([[1.0, 0.1], [1, 1], [1, 0], [1, 2], [1, 0.2], [-1, 0
 
 def test_evit_keeps_the_tokens_closest_to_the_class_token():
     t = EVIT_TOKENS
-    out = EViT().reduce(_state(t[None], cls_position=2), _internals(t[None]), count=2)
+    out = EViT().reduce(make_state(t[None], cls_position=2), make_internals(t[None]), count=2)
     kept = t[[0, 1, 2, 4]]
     _check(out, [0, 1, 2, 4], kept, kept * 10, [1, 1, 1, 1])
     assert out.cls_index().tolist() == [2]
@@ -107,7 +91,7 @@ def test_evit_keeps_the_tokens_closest_to_the_class_token():
 
 def test_evit_fuse_weights_by_importance_at_the_top_fused_position():
     t = EVIT_TOKENS
-    out = EViT(fuse=True).reduce(_state(t[None], cls_position=2), _internals(t[None]), count=2)
+    out = EViT(fuse=True).reduce(make_state(t[None], cls_position=2), make_internals(t[None]), count=2)
     weights = F.cosine_similarity(t[[1, 3, 5]], t[2:3], dim=-1).clamp(min=0) + 1e-6
     fused = (weights[:, None] * t[[1, 3, 5]]).sum(0) / weights.sum()
     expected = torch.stack([t[0], fused, t[2], t[4]])
@@ -116,29 +100,33 @@ def test_evit_fuse_weights_by_importance_at_the_top_fused_position():
 
 def test_evit_without_class_token_compares_with_the_mean_token():
     t = torch.tensor([[1.0, 0], [1, 0.1], [-1, 0.2], [1, -0.1]])  # mean (0.5, 0.05): token 2 is the outlier
-    out = EViT().reduce(_state(t[None], cls_position=None), _internals(t[None]), count=1)
+    out = EViT().reduce(make_state(t[None], cls_position=None), make_internals(t[None]), count=1)
     assert out.positions.tolist() == [[0, 1, 3]]
 
 
 def test_utr_importance_halves_hybrid_hidden_and_merged_residual():
     # importance (clipped channel sum): 1: 5, 2: 6, 5: 7 (more important); 3: 1.2, 4: 1, 6: 0.8 (less)
     t = torch.tensor([[9.0, 9, 9], [4, 0, 1], [0, 5, 1], [1, 0, 0.2], [-1, 1, 0], [1, 1, 5], [0.1, 0.1, 0.6]])
-    state = _state(t[None], cls_position=0)
-    out = UTR().reduce(state, _internals(t[None]), count=2)  # 3 -> 1 (cos 0.999), 6 -> 5 (0.9997); 4 stays
+    state = make_state(t[None], cls_position=0)
+    out = UTR().reduce(
+        state, make_internals(t[None]), count=2
+    )  # 3 -> 1 (cos 0.999), 6 -> 5 (0.9997); 4 stays
     residual = torch.stack([t[0], (t[1] + t[3]) / 2, t[2], t[4], (t[5] + t[6]) / 2]) * 10
     # per channel the top floor(2 / 2) = 1 reduced token by value shares it: channel 0: 3; 1 and 2: 6
     hidden = torch.stack([t[0], torch.tensor([2.5, 0, 1]), t[2], t[4], torch.tensor([1, 0.55, 2.8])])
     _check(out, [0, 1, 2, 4, 5], hidden, residual, [1, 2, 1, 1, 2])
-    out = UTR(rest="zero").reduce(state, _internals(t[None]), count=2)  # unshared channels average with 0
+    out = UTR(rest="zero").reduce(state, make_internals(t[None]), count=2)  # unshared channels average with 0
     hidden = torch.stack([t[0], torch.tensor([2.5, 0, 0.5]), t[2], t[4], torch.tensor([0.5, 0.55, 2.8])])
     _check(out, [0, 1, 2, 4, 5], hidden, residual, [1, 2, 1, 1, 2])
 
 
 @pytest.mark.parametrize("name, options", VARIANTS)
-def test_zero_count_keeps_the_state(name, options):
+def test_zero_count_keeps_themake_state(name, options):
     hidden = torch.randn(2, 9, 6)
-    state = _state(hidden, cls_position=4)
-    out = mambatr.reduction.registry.build_method(name, **options).reduce(state, _internals(hidden), count=0)
+    state = make_state(hidden, cls_position=4)
+    out = mambatr.reduction.registry.build_method(name, **options).reduce(
+        state, make_internals(hidden), count=0
+    )
     assert torch.equal(out.hidden, state.hidden) and torch.equal(out.residual, state.residual)
     assert torch.equal(out.positions, state.positions)
 
@@ -220,7 +208,7 @@ def test_clear_errors():
     state = TokenState.initial(torch.randn(1, 9, 4), 4)
     for method, too_many in ((UTR(), 5), (EViT(), 8), (EViT(fuse=True), 7), (PuMer(), 5), (ToMe(), 5)):
         with pytest.raises(ValueError, match=f"cannot (remove|reduce) {too_many} of 9 tokens"):
-            method.reduce(state, _internals(state.hidden), count=too_many)
+            method.reduce(state, make_internals(state.hidden), count=too_many)
     with pytest.raises(ValueError, match="prune_share must be in"):
         PuMer(prune_share=1.5)
     with pytest.raises(ValueError, match="rest='drop' is not one of"):

@@ -1,37 +1,18 @@
 import pytest
 import torch
+from handmade import make_internals, make_state
 
 import mambatr
-from mambatr.models.vim import BlockInternals, BranchInternals
 from mambatr.reduction.mtr import MTR
 from mambatr.reduction.state import TokenState
-
-
-def _internals(delta_per_token: list[float], hidden: torch.Tensor) -> BlockInternals:
-    batch, length = hidden.shape[:2]
-    delta = torch.tensor(delta_per_token).reshape(1, length, 1).expand(batch, length, 4)
-    branch = BranchInternals(
-        delta=delta,
-        B=torch.ones(batch, length, 2),
-        C=torch.ones(batch, length, 2),
-        y=torch.zeros(batch, length, 4),
-        y_ungated=torch.zeros(batch, length, 4),
-        A=-torch.ones(4, 2),
-    )
-    return BlockInternals(branch, branch, hidden=hidden, residual=hidden)
-
-
-def _state(hidden: torch.Tensor, cls_position: int | None) -> TokenState:
-    state = TokenState.initial(hidden, cls_position)
-    return state.with_streams(hidden, hidden.float() * 10)
 
 
 def test_groups_and_merged_values_on_hand_made_tokens():
     # 7 tokens, class token at 3. Importance (Δ): keep = {5}, source = {1}, targets = {0, 2, 4, 6} for c = 1.
     delta = [0.5, 0.1, 0.4, 9.0, 0.3, 0.9, 0.35]
     hidden = torch.tensor([[[1.0, 0], [0.9, 0.1], [0, 1], [5, 5], [-1, 0], [0, -1], [0.5, 0.5]]])
-    state = _state(hidden, cls_position=3)
-    out = MTR().reduce(state, _internals(delta, hidden), count=1)
+    state = make_state(hidden, cls_position=3)
+    out = MTR().reduce(state, make_internals(hidden, delta), count=1)
     # token 1 (least important) is most similar (cosine) to token 0 -> merged into it, mean
     assert out.positions.tolist() == [[0, 2, 3, 4, 5, 6]]
     expected = hidden[0, [0, 2, 3, 4, 5, 6]].clone()
@@ -45,9 +26,11 @@ def test_groups_and_merged_values_on_hand_made_tokens():
 def test_keep_tokens_untouched_and_size_weighted_mean():
     delta = [0.5, 0.1, 0.2, 9.0, 0.3, 0.9, 0.35]
     hidden = torch.randn(2, 7, 3)
-    state = _state(hidden, cls_position=3)
+    state = make_state(hidden, cls_position=3)
     state.sizes[:, 0] = 3.0
-    out = MTR(weights="size").reduce(state, _internals(delta, hidden), count=2)  # keep {5, 0}, source {1, 2}
+    out = MTR(weights="size").reduce(
+        state, make_internals(hidden, delta), count=2
+    )  # keep {5, 0}, source {1, 2}
     assert out.length == 5
     kept = (out.positions == 5).nonzero()[:, 1]
     torch.testing.assert_close(out.hidden[[0, 1], kept], hidden[:, 5])
@@ -57,8 +40,8 @@ def test_keep_tokens_untouched_and_size_weighted_mean():
 @pytest.mark.parametrize("weights", ["mean", "size"])
 def test_merging_identical_tokens_changes_nothing(weights):
     hidden = torch.randn(1, 1, 6).expand(2, 9, 6).contiguous()
-    state = _state(hidden, cls_position=4)
-    out = MTR(weights=weights).reduce(state, _internals(torch.rand(9).tolist(), hidden), count=3)
+    state = make_state(hidden, cls_position=4)
+    out = MTR(weights=weights).reduce(state, make_internals(hidden, torch.rand(9).tolist()), count=3)
     assert out.length == 6
     torch.testing.assert_close(out.hidden, hidden[:, :6])
     torch.testing.assert_close(out.residual, hidden[:, :6] * 10)
