@@ -57,22 +57,15 @@ def test_resume_continues_exactly_where_it_stopped(trained, tmp_path):
         )
 
 
+def _eval(root, out, *extra: str) -> list[str]:
+    """`mambatr eval` argv for the fixture's model and data."""
+    checkpoint = str(out / "vim_custom.safetensors")
+    return ["eval", "--model", "vim_custom", "--checkpoint", checkpoint, "--data", str(root), *extra]
+
+
 def test_eval_json_keys(trained, capsys):
     root, out, _ = trained
-    main(
-        [
-            "eval",
-            "--model",
-            "vim_custom",
-            "--checkpoint",
-            str(out / "vim_custom.safetensors"),
-            "--data",
-            str(root),
-            "--json",
-            "--threads",
-            "1",
-        ]
-    )
+    main(_eval(root, out, "--json", "--threads", "1"))
     result = json.loads(capsys.readouterr().out)
     assert {"model", "top1", "images", "gflops", "images_per_s", "loss"} <= set(result)
     assert result["images"] == 40 and 0 <= result["top1"] <= 100
@@ -80,26 +73,7 @@ def test_eval_json_keys(trained, capsys):
 
 def test_eval_with_method_json(trained, capsys):
     root, out, _ = trained
-    main(
-        [
-            "eval",
-            "--model",
-            "vim_custom",
-            "--checkpoint",
-            str(out / "vim_custom.safetensors"),
-            "--data",
-            str(root),
-            "--json",
-            "--method",
-            "mtr",
-            "--ratio",
-            "0.2",
-            "--layers",
-            "0",
-            "--threads",
-            "1",
-        ]
-    )
+    main(_eval(root, out, "--json", "--method", "mtr", "--ratio", "0.2", "--layers", "0", "--threads", "1"))
     result = json.loads(capsys.readouterr().out)
     assert (
         result["method"] == "mtr"
@@ -127,19 +101,5 @@ def test_errors_are_clear(trained, capsys):
         main(["eval", "--model", "vim_small"])
     assert "has no shipped weights" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(
-            [
-                "eval",
-                "--model",
-                "vim_custom",
-                "--checkpoint",
-                str(out / "vim_custom.safetensors"),
-                "--data",
-                str(root),
-                "--method",
-                "mtr",
-                "--flops-reduction",
-                "0.95",
-            ]
-        )
+        main(_eval(root, out, "--method", "mtr", "--flops-reduction", "0.95"))
     assert "flops_reduction must be in (0, 0.9)" in capsys.readouterr().err
