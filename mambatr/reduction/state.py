@@ -36,7 +36,8 @@ class TokenState:
         sources = None
         if track_sources:
             sources = torch.eye(length, device=tokens.device).expand(batch, length, length).contiguous()
-        return cls(tokens, tokens.float(), positions, sizes, cls_position, sources)
+        # no residual exists before the first block; blocks set it (with_streams) before any reduction
+        return cls(tokens, tokens, positions, sizes, cls_position, sources)
 
     @property
     def length(self) -> int:
@@ -68,10 +69,14 @@ class TokenState:
         return replace(self, hidden=hidden, residual=residual)
 
 
+def expand_index(index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (B, K) token index broadcast over x's trailing dims, for gather / scatter along dim 1."""
+    return index.reshape(*index.shape, *([1] * (x.ndim - 2))).expand(*index.shape, *x.shape[2:])
+
+
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x (B, L, ...) at index (B, K) -> (B, K, ...)."""
-    view = index.reshape(*index.shape, *([1] * (x.ndim - 2))).expand(*index.shape, *x.shape[2:])
-    return torch.gather(x, 1, view)
+    return torch.gather(x, 1, expand_index(index, x))
 
 
 @dataclass
@@ -99,9 +104,7 @@ class ReductionPlan:
         w_kept, w_removed = w_kept.to(acc), w_removed.to(acc)
         total = w_kept.scatter_add(1, self.into, w_removed)
         summed = (kept.to(acc) * w_kept[..., None]).scatter_add(
-            1,
-            self.into[..., None].expand(-1, -1, x.shape[-1]),
-            gather_tokens(x, self.removed).to(acc) * w_removed[..., None],
+            1, expand_index(self.into, x), gather_tokens(x, self.removed).to(acc) * w_removed[..., None]
         )
         return (summed / total[..., None]).to(x.dtype)
 
@@ -110,10 +113,7 @@ class ReductionPlan:
         kept = gather_tokens(x, self.survivors)
         if self.into is None:
             return kept
-        index = self.into.reshape(*self.into.shape, *([1] * (x.ndim - 2))).expand(
-            *self.into.shape, *x.shape[2:]
-        )
-        return kept.scatter_add(1, index, gather_tokens(x, self.removed))
+        return kept.scatter_add(1, expand_index(self.into, x), gather_tokens(x, self.removed))
 
     def apply(self, state: TokenState, hidden: bool = True, residual: bool = True) -> TokenState:
         """The reduced state; ``hidden=False`` / ``residual=False`` prune that stream instead of merging."""
