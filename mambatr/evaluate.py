@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mambatr.data import to_model_input
+from mambatr.ops import prepare
 
 
 @torch.inference_mode()
@@ -23,6 +24,8 @@ def evaluate(
     """Accuracy and mean cross-entropy over all batches; images/s counts model time only."""
     was_training = model.training
     model.eval()
+    parameter = next(model.parameters())
+    prepare(parameter.device, getattr(model, "scan_impl", "auto"))  # no kernel build inside the timing
     correct = seen = 0
     loss_sum = model_seconds = 0.0
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)

@@ -5,7 +5,7 @@ vectorised PyTorch path or the reference loops (``impl=``, see :mod:`mambatr.ops
 """
 
 from mambatr.ops.conv import causal_conv1d, causal_conv1d_torch
-from mambatr.ops.dispatch import IMPLS, backend_info, last_impl
+from mambatr.ops.dispatch import IMPLS, backend_info, last_impl, prepare
 from mambatr.ops.reference import causal_conv1d_reference, selective_scan_reference
 from mambatr.ops.scan import selective_scan, selective_scan_torch
 
@@ -16,6 +16,7 @@ __all__ = [
     "causal_conv1d_reference",
     "causal_conv1d_torch",
     "last_impl",
+    "prepare",
     "selective_scan",
     "selective_scan_reference",
     "selective_scan_torch",

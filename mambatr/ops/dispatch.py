@@ -90,3 +90,12 @@ def backend_info(device: str | torch.device = "cpu") -> dict[str, str]:
     for package in CUDA_PACKAGES.values():
         info[f"{package} (CUDA)"] = "importable" if cuda_package_available(package) else "not installed"
     return info
+
+
+def prepare(device: str | torch.device = "cpu", impl: str = "auto") -> None:
+    """Load (building once if needed) the kernels ``impl`` resolves to on ``device``, so a timed run
+    never includes a build or a library load."""
+    if resolve("selective_scan", impl, torch.device(device)) == "cpu":
+        from mambatr.ops import _cpu_kernels
+
+        _cpu_kernels.load()
