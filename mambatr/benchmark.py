@@ -15,6 +15,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from mambatr.reduction.api import intercept_reduction
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -25,25 +27,17 @@ def _sync(device: torch.device) -> None:
 def reduction_timer(model: nn.Module, device: torch.device) -> Iterator[list[float]]:
     """Collect the seconds spent in each call of the model's reduction step (empty when dense)."""
     spent: list[float] = []
-    reduction = getattr(model, "reduction", None)
-    if reduction is None:
-        yield spent
-        return
-    original = reduction.method.reduce
 
-    def timed(*args, **kwargs):
+    def timed(reduce, *args):
         _sync(device)
         start = time.perf_counter()
-        out = original(*args, **kwargs)
+        out = reduce(*args)
         _sync(device)
         spent.append(time.perf_counter() - start)
         return out
 
-    reduction.method.reduce = timed
-    try:
+    with intercept_reduction(model, timed):
         yield spent
-    finally:
-        del reduction.method.reduce  # back to the class's method
 
 
 @torch.inference_mode()

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from mambatr.models.vim import VisionMamba
+from mambatr.reduction.api import intercept_reduction
 from mambatr.reduction.state import TokenState
 
 PANEL_SCALE = 8  # pixels per input pixel in the drawing
@@ -37,11 +38,10 @@ def trace(model: VisionMamba, image: torch.Tensor) -> list[LayerTrace]:
     if model.reduction is None:
         raise ValueError("the model has no reduction applied: call mambatr.apply first")
     method = model.reduction.method
-    original = method.reduce
     traces: list[LayerTrace] = []
 
-    def recording(state: TokenState, internals, count: int) -> TokenState:
-        out = original(state, internals, count)
+    def recording(reduce, state: TokenState, internals, count: int) -> TokenState:
+        out = reduce(state, internals, count)
         scores = method.scores(state, internals)
         traces.append(
             LayerTrace(
@@ -54,14 +54,14 @@ def trace(model: VisionMamba, image: torch.Tensor) -> list[LayerTrace]:
         )
         return out
 
-    method.reduce = recording
     model.track_sources = True
     try:
-        model(image[None])
+        with intercept_reduction(model, recording):
+            model(image[None])
     finally:
         model.track_sources = False
-        del method.reduce
-    for trace_, layer in zip(traces, sorted(model.reduction.removals), strict=True):
+    reducing = [layer for layer, count in sorted(model.reduction.removals.items()) if count > 0]
+    for trace_, layer in zip(traces, reducing, strict=True):
         trace_.layer = layer
     return traces
 

@@ -122,3 +122,13 @@ def test_shipped_weights_reach_90_percent_on_1000_test_images():
     model = mambatr.create_model("vim_fmnist", pretrained=True)
     result = evaluate_tensors(model, images[:1000], labels[:1000], progress=False)
     assert result["top1"] >= 90.0
+
+
+def test_viz_trace_skips_layers_that_remove_nothing(checkpoint):
+    from mambatr.visualize import trace
+
+    _, weights = checkpoint
+    model = mambatr.create_model("vim_custom", checkpoint=weights)
+    mambatr.apply(model, "mtr", ratio=0.2, layers=[0, 1, 2])
+    model.reduction.removals = {0: 4, 1: 0, 2: 3}  # a solved schedule may leave a layer at 0
+    assert [t.layer for t in trace(model, torch.randn(1, 28, 28))] == [0, 2]

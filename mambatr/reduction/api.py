@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -97,3 +98,20 @@ def apply(
 def remove(model: nn.Module) -> None:
     """Undo ``apply``: the model runs dense again."""
     _backbone(model).reduction = None
+
+
+@contextmanager
+def intercept_reduction(model: nn.Module, wrapper: Callable[..., object]) -> Iterator[None]:
+    """Route every reduction step of ``model`` through ``wrapper(reduce, state, internals, count)``
+    while the context is open (timing in bench, recording in viz); a dense model is left alone."""
+    reduction = _backbone(model).reduction
+    if reduction is None:
+        yield
+        return
+    method = reduction.method
+    original = method.reduce
+    method.reduce = lambda state, internals, count: wrapper(original, state, internals, count)
+    try:
+        yield
+    finally:
+        del method.reduce  # back to the class's method
