@@ -110,10 +110,8 @@ def train(
             checkpoint_path,
         )
 
-    start, stop_at = (
-        time.perf_counter(),
-        total_steps if max_steps is None else min(total_steps, step + max_steps),
-    )
+    start = time.perf_counter()
+    stop_at = total_steps if max_steps is None else min(total_steps, step + max_steps)
     model.train()
     while step < stop_at:
         epoch, offset = divmod(step, steps_per_epoch)
@@ -147,11 +145,9 @@ def train(
         if last_batch < steps_per_epoch:  # stopped mid-epoch (max_steps): save and leave
             save()
             return {"finished": False, "step": step, "history": history}
-        model.eval()
-        val = evaluate_tensors(
+        val = evaluate_tensors(  # evaluates in eval mode and puts the model back in train mode
             model, val_images.to(device), val_labels.to(device), batch_size=256, progress=False
         )
-        model.train()
         history.append(
             {
                 "epoch": epoch + 1,
