@@ -176,7 +176,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """The main job: the shipped model on the Fashion-MNIST test split, as a results table."""
     from mambatr import data
     from mambatr.evaluate import evaluate_tensors
-    from mambatr.reduction import apply, remove
+    from mambatr.sweep import run_sweep
 
     torch.set_num_threads(args.threads)
     model = create_model("vim_fmnist", pretrained=True).eval()
@@ -187,24 +187,25 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "Fashion-MNIST test images (all of them: --limit 10000, or mambatr eval / sweep)",
         file=sys.stderr,
     )
-    dense = count_flops(model.config)
-    result = evaluate_tensors(model, images, labels, batch_size=args.batch_size, progress=False)
-    rows = [["baseline", "-", 0.0, dense.gflops * 1e3, result["top1"], 0.0, result["images_per_s"]]]
-    for target in DEMO_TARGETS:
-        report = apply(model, "mtr", target)
-        reduced = evaluate_tensors(model, images, labels, batch_size=args.batch_size, progress=False)
-        rows.append(
-            [
-                "mtr",
-                f"{target:.0%}",
-                100 * report.flops_reduction_achieved,
-                report.gflops * 1e3,
-                reduced["top1"],
-                result["top1"] - reduced["top1"],
-                reduced["images_per_s"],
-            ]
-        )
-        remove(model)
+    sweep = run_sweep(
+        model,
+        lambda m: evaluate_tensors(m, images, labels, batch_size=args.batch_size, progress=False),
+        ["mtr"],
+        DEMO_TARGETS,
+        progress=False,
+    )
+    rows = [
+        [
+            r["method"],
+            f"{r['target']:.0%}" if r["target"] else "-",
+            100 * r["flops_reduction"],
+            r["gflops"] * 1e3,
+            r["top1"],
+            r["drop"],
+            r["images_per_s"],
+        ]
+        for r in sweep
+    ]
     headers = ["method", "target", "FLOPs reduction %", "MFLOPs/img", "top-1 %", "drop", "images/s"]
     if args.json:
         print(json.dumps([dict(zip(headers, row, strict=True)) for row in rows], indent=2))

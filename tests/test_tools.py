@@ -132,3 +132,13 @@ def test_viz_trace_skips_layers_that_remove_nothing(checkpoint):
     mambatr.apply(model, "mtr", ratio=0.2, layers=[0, 1, 2])
     model.reduction.removals = {0: 4, 1: 0, 2: 3}  # a solved schedule may leave a layer at 0
     assert [t.layer for t in trace(model, torch.randn(1, 28, 28))] == [0, 2]
+
+
+@pytest.mark.slow
+def test_demo_json_has_baseline_and_mtr_rows(capsys):
+    main(["demo", "--limit", "64", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == ["baseline", "mtr", "mtr", "mtr"]
+    for row, target in zip(rows[1:], (20, 30, 40), strict=True):
+        assert abs(row["FLOPs reduction %"] - target) <= 0.5
+        assert row["drop"] == pytest.approx(rows[0]["top-1 %"] - row["top-1 %"])
