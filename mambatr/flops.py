@@ -15,6 +15,7 @@ papers; ratios in mambatr always use ``full``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -103,13 +104,22 @@ def block_flops(
     return LayerFlops(index, tokens, parts)
 
 
+@functools.singledispatch
 def count_flops(
-    config: VimConfig,
+    config: object,
     tokens_per_layer: Sequence[int] | None = None,
     convention: Convention = "full",
     overhead: dict[int, int] | None = None,
 ) -> FlopsReport:
-    """FLOPs (MACs) of one image; ``tokens_per_layer[i]`` is the token count entering block i."""
+    """FLOPs (MACs) of one input; ``tokens_per_layer[i]`` is the token count entering block i.
+
+    Dispatches on the config's type: each backbone module registers its own counter.
+    """
+    raise TypeError(f"no FLOPs counter registered for {type(config).__name__}")
+
+
+def check_token_counts(config, tokens_per_layer: Sequence[int] | None, convention: str) -> list[int]:
+    """Validated per-block token counts (dense when None)."""
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown FLOPs convention {convention!r}; choose from {CONVENTIONS}")
     if tokens_per_layer is None:
@@ -120,6 +130,17 @@ def count_flops(
         )
     if any(t < 1 for t in tokens_per_layer):
         raise ValueError(f"every layer needs at least one token, got {list(tokens_per_layer)}")
+    return list(tokens_per_layer)
+
+
+@count_flops.register
+def _vim_flops(
+    config: VimConfig,
+    tokens_per_layer: Sequence[int] | None = None,
+    convention: Convention = "full",
+    overhead: dict[int, int] | None = None,
+) -> FlopsReport:
+    tokens_per_layer = check_token_counts(config, tokens_per_layer, convention)
     D, M = config.embed_dim, config.num_patches
     embed = {"patch_embed": M * D * config.in_chans * config.patch_size**2}
     final = {"head": D * config.num_classes}

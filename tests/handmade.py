@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mambatr.models.vim import BlockInternals, BranchInternals
+from mambatr.models.backbone import BlockInternals, BranchInternals
 from mambatr.reduction.state import TokenState
 
 
@@ -23,7 +23,7 @@ def make_internals(hidden: torch.Tensor, delta_per_token: list[float] | None = N
         y_ungated=torch.zeros(batch, length, 4),
         A=-torch.ones(4, 2),
     )
-    return BlockInternals(branch, branch, hidden=hidden, residual=hidden)
+    return BlockInternals((branch, branch), hidden=hidden, residual=hidden)
 
 
 def make_state(hidden: torch.Tensor, cls_position: int | None) -> TokenState:

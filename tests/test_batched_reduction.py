@@ -16,8 +16,7 @@ def _slice_internals(internals, index: int):
         return type(branch)(**{k: v[index : index + 1] for k, v in fields.items()}, A=branch.A)
 
     return type(internals)(
-        one(internals.forward),
-        one(internals.backward),
+        tuple(one(branch) for branch in internals.branches),
         hidden=internals.hidden[index : index + 1],
         residual=internals.residual[index : index + 1],
     )

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import mambatr
-from mambatr.models.vim import BlockInternals, BranchInternals
+from mambatr.models.backbone import BlockInternals, BranchInternals
 from mambatr.reduction.hsa import HSA, preset_layers
 from mambatr.reduction.state import TokenState
 
@@ -15,7 +15,7 @@ def _internals(y_forward: torch.Tensor, y_backward: torch.Tensor) -> BlockIntern
         )
 
     hidden = torch.zeros(*y_forward.shape[:2], 3)
-    return BlockInternals(branch(y_forward), branch(y_backward), hidden=hidden, residual=hidden)
+    return BlockInternals((branch(y_forward), branch(y_backward)), hidden=hidden, residual=hidden)
 
 
 def test_prunes_lowest_clipped_output_and_keeps_order():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import mambatr
-from mambatr.models.vim import BlockInternals, BranchInternals
+from mambatr.models.backbone import BlockInternals, BranchInternals
 from mambatr.ops.reference import selective_scan_reference
 from mambatr.reduction.state import TokenState
 from mambatr.reduction.stm import STM, protection_weights
@@ -41,7 +41,7 @@ def test_bnnm_merges_outermost_tokens_toward_the_class_token():
     state = TokenState.initial(hidden, 3).with_streams(hidden, hidden.clone())
     ones = torch.ones(1, 7, 4)
     branch = _branch(ones, torch.ones(1, 7, 2), -torch.ones(4, 2))
-    internals = BlockInternals(branch, branch, hidden=hidden, residual=hidden)
+    internals = BlockInternals((branch, branch), hidden=hidden, residual=hidden)
     out = STM(protect=False).reduce(state, internals, count=2)  # token 0 -> 1, token 6 -> 5
     assert out.positions.tolist() == [[1, 2, 3, 4, 5]]
     torch.testing.assert_close(out.hidden[0, 0], (hidden[0, 0] + hidden[0, 1]) / 2)

@@ -17,7 +17,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mambatr.models.backbone import (
+    BlockInternals,
+    BranchInternals,
+    Gaps,
+    ReducibleBackbone,
+    accumulate_dtype,
+    readout,
+)
 from mambatr.ops import causal_conv1d, selective_scan
+
+__all__ = [
+    "BiMambaMixer",
+    "Block",
+    "BlockInternals",
+    "BranchInternals",
+    "VimConfig",
+    "VisionMamba",
+    "accumulate_dtype",
+    "adapt_vim_state_dict",
+    "rms_norm",
+]
 
 ClsPosition = Literal["middle", "first", "none"]
 
@@ -70,6 +90,10 @@ class VimConfig:
         return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
 
     @property
+    def num_directions(self) -> int:
+        return 2
+
+    @property
     def grid(self) -> int:
         return (self.img_size - self.patch_size) // self.stride + 1
 
@@ -95,33 +119,6 @@ class VimConfig:
         if unknown:
             raise TypeError(f"unknown VimConfig fields {sorted(unknown)}")
         return replace(self, **overrides)
-
-
-@dataclass
-class BranchInternals:
-    """What one scan direction computed, all in original token order."""
-
-    delta: torch.Tensor  # (B, L, E) post-softplus timescale
-    B: torch.Tensor  # (B, L, N)
-    C: torch.Tensor  # (B, L, N)
-    y: torch.Tensor  # (B, L, E) gated SSM output, before out_proj
-    y_ungated: torch.Tensor  # (B, L, E) SSM output before the SiLU(z) gate
-    A: torch.Tensor  # (E, N) the branch's state matrix, -exp(A_log)
-
-
-@dataclass
-class BlockInternals:
-    """The seam for token reduction: everything a method may read from the block that just ran."""
-
-    forward: BranchInternals
-    backward: BranchInternals
-    hidden: torch.Tensor  # (B, L, D) mixer output of this block
-    residual: torch.Tensor  # (B, L, D) float32 residual stream entering this block's norm
-
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The residual stream's dtype: float32 (official ``residual_in_fp32``), or float64 for float64 models."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -221,13 +218,14 @@ class BiMambaMixer(nn.Module):
     def forward(
         self,
         u: torch.Tensor,
-        gaps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        gaps: Gaps | None = None,
         capture: bool = False,
     ) -> tuple[torch.Tensor, tuple[BranchInternals, BranchInternals] | None]:
         """u (B, L, D) -> (B, L, D). ``gaps``: per-direction pruned-gap counts (HSA alignment)."""
+        gap_f, gap_b = gaps if gaps is not None else (None, None)
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        y_f, internals_f = self._branch(x, z, backward=False, gap=gaps[0], capture=capture)
-        y_b, internals_b = self._branch(x, z, backward=True, gap=gaps[1], capture=capture)
+        y_f, internals_f = self._branch(x, z, backward=False, gap=gap_f, capture=capture)
+        y_b, internals_b = self._branch(x, z, backward=True, gap=gap_b, capture=capture)
         y = y_f + y_b
         if self.divide_output:
             y = y / 2
@@ -247,7 +245,7 @@ class Block(nn.Module):
         self,
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
-        gaps: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        gaps: Gaps | None = None,
         capture: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, BlockInternals | None]:
         acc = accumulate_dtype(self.norm.weight.dtype)
@@ -257,10 +255,10 @@ class Block(nn.Module):
         )
         if branches is None:
             return hidden, residual, None
-        return hidden, residual, BlockInternals(branches[0], branches[1], hidden=hidden, residual=residual)
+        return hidden, residual, BlockInternals(branches, hidden=hidden, residual=residual)
 
 
-class VisionMamba(nn.Module):
+class VisionMamba(ReducibleBackbone):
     """Vim classifier: patch embed, class token, position embedding, Mamba blocks, norm, head."""
 
     def __init__(self, config: VimConfig) -> None:
@@ -274,8 +272,6 @@ class VisionMamba(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.depth))
         self.norm_f = RMSNorm(d, eps=config.norm_eps)
         self.head = nn.Linear(d, config.num_classes)
-        self.reduction = None  # set by mambatr.apply: a method and per-layer removal counts
-        self.track_sources = False  # keep which patches each token holds (mambatr.visualize)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -301,15 +297,6 @@ class VisionMamba(nn.Module):
             with torch.no_grad():
                 mixer.out_proj.weight /= math.sqrt(self.config.depth)
 
-    @property
-    def scan_impl(self) -> str:
-        return self.layers[0].mixer.scan_impl
-
-    @scan_impl.setter
-    def scan_impl(self, impl: str) -> None:
-        for layer in self.layers:
-            layer.mixer.scan_impl = impl
-
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens with the class token inserted at ``config.cls_index`` and positions added."""
         tokens = self.patch_embed(images)
@@ -319,32 +306,14 @@ class VisionMamba(nn.Module):
             tokens = torch.cat((tokens[:, :index], cls, tokens[:, index:]), dim=1)
         return tokens + self.pos_embed
 
-    def final_features(
-        self, hidden: torch.Tensor, residual: torch.Tensor, cls_index: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Final add + norm, then each image's class token (or the mean of all tokens without one)."""
+    def scan_gaps(self, state) -> Gaps:
+        """Both scans follow the sequence order: gaps are the runs of missing positions."""
+        return state.position_gaps()
+
+    def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, state) -> torch.Tensor:
+        """Final add + norm, then each image's class token (or the size-weighted token mean without one)."""
         features = rms_norm(residual + hidden.to(residual.dtype), self.norm_f.weight, self.norm_f.eps)
-        if cls_index is None:
-            return features.mean(dim=1)
-        return features[torch.arange(features.shape[0], device=features.device), cls_index]
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        from mambatr.reduction.state import TokenState
-
-        state = TokenState.initial(self.embed(images), self.config.cls_index, self.track_sources)
-        hidden, residual, gaps = state.hidden, None, (None, None)
-        removals = self.reduction.removals if self.reduction is not None else {}
-        for index, layer in enumerate(self.layers):
-            count = removals.get(index, 0)
-            hidden, residual, internals = layer(hidden, residual, gaps=gaps, capture=count > 0)
-            if count > 0:
-                state = self.reduction.method.reduce(state.with_streams(hidden, residual), internals, count)
-                hidden, residual = state.hidden, state.residual
-                gaps = self.reduction.method.scan_gaps(state)
-        return self.final_features(hidden, residual, state.cls_index())
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(images))
+        return readout(features, state)
 
 
 def adapt_vim_state_dict(state_dict: dict[str, torch.Tensor], config: VimConfig) -> dict[str, torch.Tensor]:

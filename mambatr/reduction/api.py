@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from mambatr.flops import count_flops
-from mambatr.models.vim import VisionMamba
+from mambatr.models.backbone import ReducibleBackbone
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.registry import build_method
 from mambatr.reduction.schedule import (
@@ -46,9 +46,11 @@ class ReductionReport:
         return asdict(self)
 
 
-def _backbone(model: nn.Module) -> VisionMamba:
-    if not isinstance(model, VisionMamba):
-        raise TypeError(f"token reduction supports VisionMamba models, got {type(model).__name__}")
+def _backbone(model: nn.Module) -> ReducibleBackbone:
+    if not isinstance(model, ReducibleBackbone):
+        raise TypeError(
+            f"token reduction supports mambatr backbones (Vim, VideoMamba, PlainMamba), got {type(model).__name__}"
+        )
     return model
 
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import torch
 
-from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.state import TokenState
 
 
@@ -65,7 +65,7 @@ class ReductionMethod(ABC):
         """The most tokens this method can remove at one layer (it never removes the class token)."""
 
     @abstractmethod
-    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+    def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         """MACs the method itself spends at one layer (importance, similarity, sorting, merging)."""
 
     def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor | None:
@@ -76,9 +76,10 @@ class ReductionMethod(ABC):
         """The method's own default reduction layers; None: the library default for the depth."""
         return None
 
-    def scan_gaps(self, state: TokenState) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Per-direction gap counts for the later blocks' scans (HSA's alignment); none by default."""
-        return None, None
+    @property
+    def aligns_scan(self) -> bool:
+        """True: later blocks' scans bridge removed tokens (HSA's alignment, gap counts from the backbone)."""
+        return False
 
     @abstractmethod
     def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.state import TokenState, gather_tokens, make_plan
 
@@ -59,7 +59,7 @@ class EViT(ReductionMethod):
         n = tokens - int(has_cls)
         return max(0, n - 2 if self.fuse else n - 1)  # one kept token at least (and the fused one)
 
-    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+    def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         dim = config.embed_dim
         score = class_similarity_macs(tokens, dim) if self.indicator == "cls" else 2 * tokens * dim
         fuse = 2 * 2 * (count + 1) * dim + 2 * (count + 1) if self.fuse and count else 0  # weights, sums

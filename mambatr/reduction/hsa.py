@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.state import TokenState, make_plan
 
@@ -49,7 +49,7 @@ class HSA(ReductionMethod):
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return tokens - int(has_cls) - 1
 
-    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+    def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         score = 2 * 2 * tokens * config.d_inner  # clip + channel sum, both directions
         rank = tokens * max(1, math.ceil(math.log2(tokens)))
         return score + rank
@@ -64,8 +64,9 @@ class HSA(ReductionMethod):
             total = total + (y.clamp(min=0) if self.clip else y).sum(-1)
         return total
 
-    def scan_gaps(self, state: TokenState) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        return state.position_gaps() if self.align else (None, None)
+    @property
+    def aligns_scan(self) -> bool:
+        return self.align
 
     def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         if count > self.max_removal(state.length, state.cls_position is not None):

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.state import TokenState, gather_tokens, make_plan
 
@@ -67,7 +67,7 @@ class MTR(ReductionMethod):
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return (tokens - int(has_cls) - 1) // 2  # keep and source both hold c tokens, one target at least
 
-    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+    def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         targets = tokens - 2 * count - 1
         score = 2 * tokens * config.d_inner  # Δ_f + Δ_b, channel mean
         rank = tokens * max(1, math.ceil(math.log2(tokens)))  # sort

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.bipartite import alternate_max_removal, alternate_plan, matching_macs, merge_macs
 from mambatr.reduction.evit import class_similarity, class_similarity_macs, rank_macs
@@ -55,7 +55,7 @@ class PuMer(ReductionMethod):
                 return count
         return 0
 
-    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+    def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         pruned, merged = self.split(count)
         prune = class_similarity_macs(tokens, config.embed_dim) + rank_macs(tokens) if pruned else 0
         n = tokens - pruned - int(config.has_cls)

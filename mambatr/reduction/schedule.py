@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mambatr.flops import FlopsReport, count_flops
-from mambatr.models.vim import VimConfig
+from mambatr.models.backbone import BackboneConfig
 from mambatr.reduction.base import ReductionMethod
 
 TOLERANCE = 0.005  # achieved FLOPs reduction must land within 0.5 points of the target
@@ -34,7 +34,7 @@ def check_layers(layers: Sequence[int], depth: int) -> list[int]:
 
 
 def removals_for(
-    config: VimConfig, method: ReductionMethod, layers: Sequence[int], amount: float
+    config: BackboneConfig, method: ReductionMethod, layers: Sequence[int], amount: float
 ) -> dict[int, int]:
     """Tokens removed after each layer when the method's knob is ``amount``."""
     tokens, removals = config.seq_len, {}
@@ -47,7 +47,7 @@ def removals_for(
     return removals
 
 
-def reduced_flops(config: VimConfig, method: ReductionMethod, removals: dict[int, int]) -> FlopsReport:
+def reduced_flops(config: BackboneConfig, method: ReductionMethod, removals: dict[int, int]) -> FlopsReport:
     """Analytic FLOPs with the method's own overhead counted at every reducing layer."""
     tokens, per_layer, overhead = config.seq_len, [], {}
     for block in range(config.depth):
@@ -63,11 +63,11 @@ def reduced_flops(config: VimConfig, method: ReductionMethod, removals: dict[int
     return count_flops(config, per_layer, overhead=overhead)
 
 
-def achieved_reduction(config: VimConfig, method: ReductionMethod, removals: dict[int, int]) -> float:
+def achieved_reduction(config: BackboneConfig, method: ReductionMethod, removals: dict[int, int]) -> float:
     return 1.0 - reduced_flops(config, method, removals).total / count_flops(config).total
 
 
-def solve(config: VimConfig, method: ReductionMethod, layers: Sequence[int], target: float) -> dict[int, int]:
+def solve(config: BackboneConfig, method: ReductionMethod, layers: Sequence[int], target: float) -> dict[int, int]:
     """Per-layer removals whose FLOPs reduction is within 0.5 points of ``target``.
 
     Bisection over the method's amount (fixed across layers, as the MTR paper does) brackets the

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from mambatr.models.vim import BlockInternals, BranchInternals, VimConfig
+from mambatr.models.backbone import BackboneConfig, BlockInternals, BranchInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.state import TokenState
 
@@ -58,7 +58,7 @@ class STM(ReductionMethod):
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return max(0, tokens - 3)  # each side keeps one token to absorb, plus the class token
 
-    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+    def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         weights = count * config.d_inner * config.d_state * 4 if self.protect else 0  # exp, products, sums
         return weights + 2 * 2 * count * config.embed_dim  # weighted adds into hidden and residual
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.bipartite import alternate_max_removal, alternate_plan, matching_macs, merge_macs
 from mambatr.reduction.state import TokenState
@@ -48,7 +48,7 @@ class ToMe(ReductionMethod):
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return alternate_max_removal(tokens, has_cls)
 
-    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+    def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         n = tokens - int(config.has_cls)
         clip = n * config.embed_dim if self.metric == "clipped" else 0
         matching = matching_macs((n + 1) // 2, n // 2, config.embed_dim)

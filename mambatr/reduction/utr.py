@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from mambatr.models.vim import BlockInternals, VimConfig
+from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.bipartite import class_indices, match, matching_macs, merge_macs, reducible_indices
 from mambatr.reduction.state import ReductionPlan, TokenState, gather_tokens, make_plan
@@ -69,7 +69,7 @@ class UTR(ReductionMethod):
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return (tokens - int(has_cls)) // 2  # the less important half
 
-    def overhead(self, config: VimConfig, tokens: int, count: int) -> int:
+    def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         n, dim = tokens - int(config.has_cls), config.embed_dim
         score = 2 * tokens * dim  # clip + channel sum
         rank = tokens * max(1, math.ceil(math.log2(tokens)))

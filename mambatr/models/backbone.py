@@ -1,0 +1,152 @@
+"""What every reducible backbone shares: the block-internals seam and the block loop with reduction.
+
+A backbone (Vim, VideoMamba, PlainMamba) subclasses ``ReducibleBackbone`` and provides ``embed``,
+``scan_gaps`` and ``final_features``. Its blocks follow one protocol, so every reduction method
+works on every backbone unchanged:
+
+    hidden, residual, internals = block(hidden, residual, gaps=..., capture=...)
+
+``residual`` is the running sum of all earlier outputs (float32), the block reads ``norm(residual)``
+and returns its mixer output as ``hidden``; ``internals`` (``capture=True``) exposes what each scan
+direction computed, every tensor in the current token order (tokens sorted by original position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class BranchInternals:
+    """What one scan direction computed, all in the current token order (not the scan's order)."""
+
+    delta: torch.Tensor  # (B, L, E) post-softplus timescale
+    B: torch.Tensor  # (B, L, N)
+    C: torch.Tensor  # (B, L, N)
+    y: torch.Tensor  # (B, L, E) gated SSM output, before out_proj
+    y_ungated: torch.Tensor  # (B, L, E) SSM output before the SiLU(z) gate
+    A: torch.Tensor  # (E, N) the branch's state matrix, -exp(A_log)
+
+
+@dataclass
+class BlockInternals:
+    """The seam for token reduction: everything a method may read from the block that just ran.
+
+    ``branches`` holds one entry per scan direction: Vim / VideoMamba (forward, backward), PlainMamba
+    its four snake scans. ``forward`` / ``backward`` name the first two (a sequence-order scan and
+    its reverse in every backbone here).
+    """
+
+    branches: tuple[BranchInternals, ...]
+    hidden: torch.Tensor  # (B, L, D) mixer output of this block
+    residual: torch.Tensor  # (B, L, D) float32 residual stream entering this block's norm
+
+    @property
+    def forward(self) -> BranchInternals:
+        return self.branches[0]
+
+    @property
+    def backward(self) -> BranchInternals:
+        return self.branches[1]
+
+
+class BackboneConfig(Protocol):
+    """The architecture facts the reduction framework and FLOPs counter read."""
+
+    depth: int
+    embed_dim: int
+    d_state: int
+    num_classes: int
+
+    @property
+    def d_inner(self) -> int: ...
+
+    @property
+    def seq_len(self) -> int: ...
+
+    @property
+    def has_cls(self) -> bool: ...
+
+    @property
+    def cls_index(self) -> int | None: ...
+
+    @property
+    def num_directions(self) -> int: ...
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The residual stream's dtype: float32 (official ``residual_in_fp32``), or float64 for float64 models."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+Gaps = tuple[torch.Tensor | None, ...]
+
+
+class ReducibleBackbone(nn.Module):
+    """Token embedding, the block loop (reducing where ``self.reduction`` says) and the head."""
+
+    config: BackboneConfig
+    layers: nn.ModuleList
+    head: nn.Module
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reduction = None  # set by mambatr.apply: a method and per-layer removal counts
+        self.track_sources = False  # keep which patches each token holds (mambatr.visualize)
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) initial tokens, class token included, position embeddings added."""
+        raise NotImplementedError
+
+    def scan_gaps(self, state) -> Gaps:
+        """Per scan direction, (B, L) counts of removed tokens just before each token in that scan's order."""
+        raise NotImplementedError
+
+    def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, state) -> torch.Tensor:
+        """(B, D) features for the head from the last block's streams."""
+        raise NotImplementedError
+
+    @property
+    def scan_impl(self) -> str:
+        return self.layers[0].mixer.scan_impl
+
+    @scan_impl.setter
+    def scan_impl(self, impl: str) -> None:
+        for layer in self.layers:
+            layer.mixer.scan_impl = impl
+
+    def forward_features(self, inputs: torch.Tensor) -> torch.Tensor:
+        from mambatr.reduction.state import TokenState
+
+        state = TokenState.initial(self.embed(inputs), self.config.cls_index, self.track_sources)
+        hidden, residual, gaps = state.hidden, None, None
+        removals = self.reduction.removals if self.reduction is not None else {}
+        for index, layer in enumerate(self.layers):
+            count = removals.get(index, 0)
+            hidden, residual, internals = layer(hidden, residual, gaps=gaps, capture=count > 0)
+            if count > 0:
+                method = self.reduction.method
+                state = method.reduce(state.with_streams(hidden, residual), internals, count)
+                hidden, residual = state.hidden, state.residual
+                gaps = self.scan_gaps(state) if method.aligns_scan else None
+        return self.final_features(hidden, residual, state)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(inputs))
+
+
+def readout(features: torch.Tensor, state) -> torch.Tensor:
+    """(B, D): each image's class token, or without one the mean over tokens weighted by their sizes.
+
+    Dense, every size is 1 and this is the official mean pool; after merging, a token that stands
+    for k patches counts k times (so merging alone keeps the mean); pruned patches are gone.
+    """
+    cls = state.cls_index()
+    if cls is not None:
+        return features[torch.arange(features.shape[0], device=features.device), cls]
+    weights = (state.sizes / state.sizes.sum(dim=1, keepdim=True)).to(features.dtype)
+    return (features * weights[..., None]).sum(dim=1)
