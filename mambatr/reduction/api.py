@@ -49,7 +49,8 @@ class ReductionReport:
 def _backbone(model: nn.Module) -> ReducibleBackbone:
     if not isinstance(model, ReducibleBackbone):
         raise TypeError(
-            f"token reduction supports mambatr backbones (Vim, VideoMamba, PlainMamba), got {type(model).__name__}"
+            "token reduction supports mambatr backbones (Vim, VideoMamba, PlainMamba), "
+            f"got {type(model).__name__}"
         )
     return model
 

@@ -67,7 +67,9 @@ def achieved_reduction(config: BackboneConfig, method: ReductionMethod, removals
     return 1.0 - reduced_flops(config, method, removals).total / count_flops(config).total
 
 
-def solve(config: BackboneConfig, method: ReductionMethod, layers: Sequence[int], target: float) -> dict[int, int]:
+def solve(
+    config: BackboneConfig, method: ReductionMethod, layers: Sequence[int], target: float
+) -> dict[int, int]:
     """Per-layer removals whose FLOPs reduction is within 0.5 points of ``target``.
 
     Bisection over the method's amount (fixed across layers, as the MTR paper does) brackets the
