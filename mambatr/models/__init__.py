@@ -8,9 +8,10 @@ from pathlib import Path
 from torch import nn
 
 from mambatr.models import vim_variants  # noqa: F401  (registers the Vim variants)
+from mambatr.models.backbone import ReducibleBackbone
 from mambatr.models.checkpoint import CheckpointError, load_into, read_state_dict
 from mambatr.models.registry import list_models, model_entry, register_model
-from mambatr.models.vim import VimConfig, VisionMamba, adapt_vim_state_dict
+from mambatr.models.vim import VimConfig, VisionMamba
 
 __all__ = [
     "CheckpointError",
@@ -26,8 +27,8 @@ __all__ = [
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Strictly load an official training checkpoint, a flat state dict or a .safetensors file."""
     state_dict = read_state_dict(path)
-    if isinstance(model, VisionMamba):
-        state_dict = adapt_vim_state_dict(state_dict, model.config)
+    if isinstance(model, ReducibleBackbone):
+        state_dict = model.adapt_state_dict(state_dict)
     load_into(model, state_dict, source=str(path))
 
 

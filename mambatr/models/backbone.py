@@ -98,6 +98,10 @@ class ReducibleBackbone(nn.Module):
         self.reduction = None  # set by mambatr.apply: a method and per-layer removal counts
         self.track_sources = False  # keep which patches each token holds (mambatr.visualize)
 
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An official checkpoint's weights in this model's layout (prefixes, resampled embeddings)."""
+        return state_dict
+
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, L, D) initial tokens, class token included, position embeddings added."""
         raise NotImplementedError

@@ -306,6 +306,9 @@ class VisionMamba(ReducibleBackbone):
             tokens = torch.cat((tokens[:, :index], cls, tokens[:, index:]), dim=1)
         return tokens + self.pos_embed
 
+    def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return adapt_vim_state_dict(state_dict, self.config)
+
     def scan_gaps(self, state) -> Gaps:
         """Both scans follow the sequence order: gaps are the runs of missing positions."""
         return state.position_gaps()
