@@ -141,3 +141,18 @@ def test_clear_errors(tiny_vim):
         mambatr.apply(model, "mtr", 0.3, ratio=0.2)
     with pytest.raises(ValueError, match="cannot remove 9 of 17 tokens"):
         MTR().reduce(TokenState.initial(torch.randn(1, 17, 4), 8), None, count=9)
+
+
+def test_importance_sums_every_scan_direction():
+    """Four-scan backbones (PlainMamba): Δ of every direction counts, not only the first two."""
+    from dataclasses import replace
+
+    from mambatr.reduction.mtr import importance
+
+    hidden = torch.randn(1, 5, 3)
+    base = make_internals(hidden).branches[0]
+    late = torch.tensor([0.0, 0, 0, 4, 0]).reshape(1, 5, 1).expand(1, 5, 4)
+    branches = (base, base, base, replace(base, delta=base.delta + late))
+    internals = type(make_internals(hidden))(branches, hidden=hidden, residual=hidden)
+    score = importance(make_state(hidden, None), internals, "delta")
+    torch.testing.assert_close(score, torch.tensor([[4.0, 4, 4, 8, 4]]))

@@ -53,6 +53,21 @@ def test_bnnm_merges_outermost_tokens_toward_the_class_token():
     torch.testing.assert_close(protected.hidden[0, 0], hidden[0, 1] + weight * hidden[0, 0])
 
 
+def test_without_class_token_merges_toward_the_middle(tiny_vim):
+    hidden = torch.arange(8 * 2, dtype=torch.float32).reshape(1, 8, 2)
+    state = TokenState.initial(hidden, None).with_streams(hidden, hidden.clone())
+    branch = _branch(torch.ones(1, 8, 4), torch.ones(1, 8, 2), -torch.ones(4, 2))
+    internals = BlockInternals((branch, branch), hidden=hidden, residual=hidden)
+    out = STM(protect=False).reduce(state, internals, count=4)  # 0, 1 -> 2 and 6, 7 -> 5; 4 is the centre
+    assert out.positions.tolist() == [[2, 3, 4, 5]] and out.sizes.tolist() == [[3, 1, 1, 3]]
+    torch.testing.assert_close(out.hidden[0, 0], hidden[0, :3].mean(0))
+    torch.testing.assert_close(out.hidden[0, -1], hidden[0, 5:].mean(0))
+    model = tiny_vim(cls_position="none")
+    report = mambatr.apply(model, "stm", ratio=1)
+    assert report.tokens_per_layer == [16, 14, 12]
+    assert torch.isfinite(model(torch.randn(2, 3, 16, 16))).all()
+
+
 def test_class_token_first_merges_on_the_right_only(tiny_vim):
     model = tiny_vim(cls_position="first", divide_output=False)
     report = mambatr.apply(model, "stm", ratio=1)

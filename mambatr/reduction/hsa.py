@@ -1,10 +1,10 @@
 """HSA: prune by clipped SSM-output importance, with pruning-aware hidden-state alignment.
 
-1. importance = sum over channels of max(0, y), y the gated SSM output of both scan directions
-   (backward in original order), before out_proj; options: ``source="backward"`` (the public code's
+1. importance = sum over channels of max(0, y), y the gated SSM output of every scan direction
+   (in original token order; Vim: both, PlainMamba: all four), before out_proj; options: ``source="backward"`` (the public code's
    branch), ``gated=False`` (y before the SiLU(z) gate), ``clip=False`` (the paper's Table 3 ablation);
 2. keep the top tokens (class token always) in original order; prune the rest from hidden and residual;
-3. alignment (``align=True``): every later scan lets the state decay over each pruned gap, using the
+3. alignment (``align=True``): every later scan (in each direction's own order, gaps from the backbone) lets the state decay over each pruned gap, using the
    previous kept token's delta: exp((delta_t + g * delta_prev) * A), with zero input over the gap.
    ``align=False`` is plain pruning (the paper's Table 4).
 """
@@ -50,14 +50,13 @@ class HSA(ReductionMethod):
         return tokens - int(has_cls) - 1
 
     def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
-        score = 2 * 2 * tokens * config.d_inner  # clip + channel sum, both directions
+        directions = 1 if self.source == "backward" else config.num_directions
+        score = 2 * directions * tokens * config.d_inner  # clip + channel sum, per direction
         rank = tokens * max(1, math.ceil(math.log2(tokens)))
         return score + rank
 
     def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor:
-        branches = (
-            (internals.backward,) if self.source == "backward" else (internals.forward, internals.backward)
-        )
+        branches = (internals.backward,) if self.source == "backward" else internals.branches
         total = 0
         for branch in branches:
             y = (branch.y if self.gated else branch.y_ungated).float()

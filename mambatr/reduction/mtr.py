@@ -1,6 +1,7 @@
 """MTR (Mamba Token Reduction): Δ-importance, keep / target / source groups, merge sources into targets.
 
-1. importance s_i = mean over channels of (Δ_forward + Δ_backward) from the block that just ran;
+1. importance s_i = mean over channels of Δ summed over the scan directions of the block that just ran
+   (Vim / VideoMamba: Δ_forward + Δ_backward; PlainMamba: its four scans);
 2. rank tokens by s (class token excluded): top c = keep, bottom c = source, the rest = target;
 3. each source joins its most similar target (cosine similarity of the hidden state);
 4. each group (a target and its sources) becomes its mean (or size-weighted mean), at the target's
@@ -20,9 +21,9 @@ from mambatr.reduction.state import TokenState, gather_tokens, make_plan
 
 INDICATORS = ("delta", "B", "C", "cls", "norm", "random")
 INDICATOR_HELP = {
-    "delta": "mean over channels of Δ_forward + Δ_backward (the paper's choice)",
-    "B": "mean over the state dim of |B_forward| + |B_backward|",
-    "C": "mean over the state dim of |C_forward| + |C_backward|",
+    "delta": "mean over channels of Δ summed over scan directions (the paper's choice)",
+    "B": "mean over the state dim of |B| summed over scan directions",
+    "C": "mean over the state dim of |C| summed over scan directions",
     "cls": "cosine similarity of each token's hidden state to the class token's (EViT-style)",
     "norm": "L2 norm of the hidden state",
     "random": "uniform random scores (a floor for the others; seeded by the `seed` option)",
@@ -36,11 +37,14 @@ STRATEGY_HELP = {
 
 def importance(state: TokenState, internals: BlockInternals, indicator: str, seed: int = 0) -> torch.Tensor:
     """(B, L) token importance under the chosen indicator; higher means more important."""
-    f, b = internals.forward, internals.backward
-    if indicator == "delta":
-        return (f.delta + b.delta).float().mean(-1)
-    if indicator in ("B", "C"):
-        return (getattr(f, indicator).abs() + getattr(b, indicator).abs()).float().mean(-1)
+    if indicator in ("delta", "B", "C"):
+        parts = [getattr(branch, indicator) for branch in internals.branches]
+        if indicator != "delta":
+            parts = [part.abs() for part in parts]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        return total.float().mean(-1)
     if indicator == "norm":
         return state.hidden.float().norm(dim=-1)
     if indicator == "cls":
@@ -69,7 +73,7 @@ class MTR(ReductionMethod):
 
     def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         targets = tokens - 2 * count - 1
-        score = 2 * tokens * config.d_inner  # Δ_f + Δ_b, channel mean
+        score = config.num_directions * tokens * config.d_inner  # Δ summed over directions, channel mean
         rank = tokens * max(1, math.ceil(math.log2(tokens)))  # sort
         similarity = (
             count + targets

@@ -10,6 +10,11 @@ SSM state at the absorbing token a matches the unreduced recurrence (docs/stm.md
 S_j the sum of the deltas from j (exclusive) to a (inclusive) in scan order; left side: forward
 branch, right side: backward branch; delta and B from the block that just ran. w_j is averaged over
 channels and clipped to [0, 1]. ``protect=False`` replaces each group by its plain mean (BNNM only).
+
+Without a class token (PlainMamba) the split point is the middle of the current sequence, where Vim
+puts its class token: tokens merge toward the centre, and the centre token is an ordinary token. On
+PlainMamba the protection weights use the first two scans (row snake and its reverse), which follow
+the token sequence within every other row only: there they are an approximation (docs/stm.md).
 """
 
 from __future__ import annotations
@@ -81,10 +86,12 @@ class STM(ReductionMethod):
                 x[:, absorber] = (x[:, absorber] + x[:, index].sum(1)) / (len(reduced) + 1)
 
     def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        if state.cls_position is None:
-            raise ValueError("stm merges toward the class token: the model has none")
-        cls = int(state.cls_index()[0])  # position-based merging: the same index in every image
-        left, right = cls, state.length - cls - 1
+        if state.cls_position is None:  # merge toward the middle; no token is protected
+            left = state.length // 2
+            right = state.length - left - 1
+        else:  # position-based merging: the class token has the same index in every image
+            left = int(state.cls_index()[0])
+            right = state.length - left - 1
         k_left = min(math.ceil(count / 2) if right > 1 else count, max(left - 1, 0))
         k_right = count - k_left
         if k_right > max(right - 1, 0):
