@@ -1,11 +1,13 @@
 """HSA: prune by clipped SSM-output importance, with pruning-aware hidden-state alignment.
 
-1. importance = sum over channels of max(0, y), y the gated SSM output of every scan direction
-   (in original token order; Vim: both, PlainMamba: all four), before out_proj; options: ``source="backward"`` (the public code's
-   branch), ``gated=False`` (y before the SiLU(z) gate), ``clip=False`` (the paper's Table 3 ablation);
+1. importance = sum over channels of max(0, y), y the gated SSM output of every scan direction (in
+   original token order; Vim: both, PlainMamba: all four), before out_proj; options:
+   ``source="backward"`` (the public code's branch), ``gated=False`` (y before the SiLU(z) gate),
+   ``clip=False`` (the paper's Table 3 ablation);
 2. keep the top tokens (class token always) in original order; prune the rest from hidden and residual;
-3. alignment (``align=True``): every later scan (in each direction's own order, gaps from the backbone) lets the state decay over each pruned gap, using the
-   previous kept token's delta: exp((delta_t + g * delta_prev) * A), with zero input over the gap.
+3. alignment (``align=True``): every later scan, in its own order with gap counts from the backbone,
+   lets the state decay over each pruned gap, using the previous kept token's delta:
+   exp((delta_t + g * delta_prev) * A), with zero input over the gap.
    ``align=False`` is plain pruning (the paper's Table 4).
 """
 
