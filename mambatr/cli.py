@@ -48,23 +48,30 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
-    """(batches, count) for the model's dataset: Fashion-MNIST splits or an ImageNet-style folder."""
+    """(batches, count) of this process for the model's dataset: Fashion-MNIST or an ImageNet folder.
+
+    Under torchrun each rank gets every N-th batch of the single-process run (mambatr.distributed).
+    """
     from mambatr import data
+    from mambatr.distributed import ShardBatchSampler
     from mambatr.evaluate import tensor_batches
 
+    context = args.context
     if model_entry(args.model).dataset == "fashion_mnist":
         images, labels = data.load_fashion_mnist(args.split, root=args.data)
         if args.limit is not None:
             images, labels = images[: args.limit], labels[: args.limit]
-        return tensor_batches(images, labels, args.batch_size), len(images)
+        shard = ShardBatchSampler(len(images), args.batch_size, context)
+        return tensor_batches(images, labels, args.batch_size, context), shard.images()
     if args.data is None:
         raise ValueError(f"model {args.model!r} evaluates on ImageNet: pass --data /path/to/imagenet/val")
     config = model.config
     dataset = data.ImageFolder(args.data, transform=data.build_eval_transform(input_size=config.img_size))
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
-    return loader, len(dataset)
+    shard = ShardBatchSampler(len(dataset), args.batch_size, context)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=shard, num_workers=args.workers)
+    return loader, shard.images()
 
 
 def _reduction_options(args: argparse.Namespace) -> dict:
@@ -90,11 +97,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from mambatr.reduction import apply
 
     torch.set_num_threads(args.threads)
-    model = _load_model(args)
+    model = _load_model(args).to(args.context.device(args.device))
     summary = {
         "model": args.model,
         "checkpoint": args.checkpoint,
         "split": args.split,
+        "processes": args.context.world_size,
         "gflops_dense": count_flops(model.config).gflops,
     }
     if args.method is not None:
@@ -114,7 +122,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         summary["gflops"] = summary["gflops_dense"]
     batches, total = _eval_batches(args, model)
-    summary.update(evaluate(model, batches, total=total, desc=f"eval {args.model}"))
+    summary.update(evaluate(model, batches, total=total, desc=f"eval {args.model}", context=args.context))
+    if not args.context.is_main:
+        return
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -235,15 +245,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from mambatr.sweep import TABLE_HEADERS, run_sweep, table_rows, write_outputs
 
     torch.set_num_threads(args.threads)
-    model = _load_model(args)
+    model = _load_model(args).to(args.context.device(args.device))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     reductions = [float(x) for x in args.reductions.split(",") if x.strip()]
 
     def evaluate_model(m: torch.nn.Module) -> dict:
         batches, total = _eval_batches(args, m)
-        return evaluate(m, batches, total=total, progress=False)
+        return evaluate(m, batches, total=total, progress=False, context=args.context)
 
-    rows = run_sweep(model, evaluate_model, methods, reductions)
+    rows = run_sweep(model, evaluate_model, methods, reductions, progress=args.context.is_main)
+    if not args.context.is_main:
+        return
     paths = write_outputs(rows, Path(args.out), f"{args.model}: training-free token reduction")
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -397,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=256)
     evaluation.add_argument("--workers", type=int, default=2, help="image-decoding workers (folders only)")
     evaluation.add_argument("--threads", type=int, default=torch.get_num_threads())
+    evaluation.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's GPU)")
     _add_reduction_args(evaluation)
     evaluation.set_defaults(run=cmd_eval)
 
@@ -433,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--batch-size", type=int, default=256)
     sweep.add_argument("--workers", type=int, default=2)
     sweep.add_argument("--threads", type=int, default=torch.get_num_threads())
+    sweep.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's GPU)")
     sweep.set_defaults(run=cmd_sweep)
 
     bench = commands.add_parser("bench", help="dense vs reduced throughput, measured in the same run")
@@ -467,11 +481,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DISTRIBUTED_COMMANDS = ("eval", "sweep")
+
+
 def main(argv: list[str] | None = None) -> None:
+    from mambatr import distributed
+
     args = build_parser().parse_args(argv)
+    args.context = distributed.SINGLE
     try:
-        args.run(args)
+        if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
+            raise ValueError(f"only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun")
+        args.context = distributed.init(getattr(args, "device", "cpu"))
+        try:
+            args.run(args)
+        finally:
+            distributed.shutdown()
     except (KeyError, ValueError, FileNotFoundError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"mambatr {args.command}: error: {message}", file=sys.stderr)
+        rank = f" (rank {args.context.rank})" if args.context.distributed else ""
+        print(f"mambatr {args.command}{rank}: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mambatr.data import to_model_input
+from mambatr.distributed import SINGLE, Context, ShardBatchSampler, all_reduce
 from mambatr.ops import prepare
 
 
@@ -20,16 +21,22 @@ def evaluate(
     total: int | None = None,
     progress: bool = True,
     desc: str = "eval",
+    context: Context = SINGLE,
 ) -> dict:
-    """Accuracy and mean cross-entropy over all batches; images/s counts model time only."""
+    """Accuracy and mean cross-entropy over all batches; images/s counts model time only.
+
+    Under torchrun each rank passes its own shard of batches: correct / seen / loss are summed over
+    ranks, and images/s is all images over the slowest rank's model time.
+    """
     was_training = model.training
     model.eval()
     parameter = next(model.parameters())
     prepare(parameter.device, getattr(model, "scan_impl", "auto"))  # no kernel build inside the timing
     correct = seen = 0
     loss_sum = model_seconds = 0.0
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=total, desc=desc, unit="img", disable=not (progress and context.is_main), leave=False)
     for inputs, labels in batches:
+        inputs, labels = inputs.to(parameter.device), labels.to(parameter.device)
         start = time.perf_counter()
         logits = model(inputs)
         model_seconds += time.perf_counter() - start
@@ -39,6 +46,9 @@ def evaluate(
         bar.update(len(labels))
     bar.close()
     model.train(was_training)
+    correct, seen, loss_sum = all_reduce([correct, seen, loss_sum], context)
+    correct, seen = int(correct), int(seen)  # float64 sums of counts are exact
+    (model_seconds,) = all_reduce([model_seconds], context, op="max")
     if seen == 0:
         raise ValueError("no images to evaluate")
     return {
@@ -51,11 +61,12 @@ def evaluate(
 
 
 def tensor_batches(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, context: Context = SINGLE
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches of model inputs from in-memory uint8 images (Fashion-MNIST)."""
-    for start in range(0, len(images), batch_size):
-        yield to_model_input(images[start : start + batch_size]), labels[start : start + batch_size]
+    """Batches of model inputs from in-memory uint8 images (Fashion-MNIST); this rank's under torchrun."""
+    for index in ShardBatchSampler(len(images), batch_size, context):
+        window = slice(index[0], index[-1] + 1)
+        yield to_model_input(images[window]), labels[window]
 
 
 def evaluate_tensors(
