@@ -53,16 +53,19 @@ def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
     Under torchrun each rank gets every N-th batch of the single-process run (mambatr.distributed).
     """
     from mambatr import data
+    from mambatr.data.tasks import TESTBEDS
     from mambatr.distributed import ShardBatchSampler
     from mambatr.evaluate import tensor_batches
 
     context = args.context
-    if model_entry(args.model).dataset == "fashion_mnist":
-        images, labels = data.load_fashion_mnist(args.split, root=args.data)
+    dataset = model_entry(args.model).dataset
+    if dataset in TESTBEDS:
+        images, labels = TESTBEDS[dataset].load(args.split, args.data)
         if args.limit is not None:
             images, labels = images[: args.limit], labels[: args.limit]
         shard = ShardBatchSampler(len(images), args.batch_size, context)
-        return tensor_batches(images, labels, args.batch_size, context), shard.images()
+        batches = tensor_batches(images, labels, args.batch_size, context, TESTBEDS[dataset].to_input)
+        return batches, shard.images()
     if args.data is None:
         raise ValueError(f"model {args.model!r} evaluates on ImageNet: pass --data /path/to/imagenet/val")
     config = model.config

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -61,12 +61,17 @@ def evaluate(
 
 
 def tensor_batches(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, context: Context = SINGLE
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    context: Context = SINGLE,
+    to_input: Callable[[torch.Tensor], torch.Tensor] = to_model_input,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches of model inputs from in-memory uint8 images (Fashion-MNIST); this rank's under torchrun."""
+    """Batches of model inputs from in-memory uint8 samples (Fashion-MNIST images or clips); this rank's
+    batches under torchrun."""
     for index in ShardBatchSampler(len(images), batch_size, context):
         window = slice(index[0], index[-1] + 1)
-        yield to_model_input(images[window]), labels[window]
+        yield to_input(images[window]), labels[window]
 
 
 def evaluate_tensors(
@@ -75,5 +80,7 @@ def evaluate_tensors(
     labels: torch.Tensor,
     batch_size: int = 256,
     progress: bool = True,
+    to_input: Callable[[torch.Tensor], torch.Tensor] = to_model_input,
 ) -> dict:
-    return evaluate(model, tensor_batches(images, labels, batch_size), total=len(images), progress=progress)
+    batches = tensor_batches(images, labels, batch_size, to_input=to_input)
+    return evaluate(model, batches, total=len(images), progress=progress)

@@ -1,4 +1,4 @@
-"""Train a Vim-architecture model on Fashion-MNIST on the CPU, resumably and reproducibly.
+"""Train a testbed model (Fashion-MNIST images or clips) on the CPU or a GPU, resumably and reproducibly.
 
 The recipe (all hyper-parameters) is stored in every checkpoint and in the exported JSON, so the
 shipped weights can be reproduced with ``mambatr train`` and the same arguments.
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from mambatr.data import augment_batch, load_fashion_mnist, to_model_input
+from mambatr.data.tasks import testbed
 from mambatr.evaluate import evaluate_tensors
 from mambatr.models import create_model, model_entry
 
@@ -33,7 +33,7 @@ class Recipe:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
-    augment: bool = True  # random 2-px shift + horizontal flip
+    augment: bool = True  # random 2-px shift (+ horizontal flip for images; clips are not flipped)
     seed: int = 0
     threads: int = 2
     train_split: str = "train"  # 55k images; "val" (5k) is held out for model selection
@@ -77,8 +77,9 @@ def train(
     torch.manual_seed(recipe.seed)
     device = torch.device(recipe.device)
     model = create_model(recipe.model, **recipe.model_overrides).to(device)
-    images, labels = load_fashion_mnist(recipe.train_split, root=data_root)
-    val_images, val_labels = load_fashion_mnist("val", root=data_root)
+    data = testbed(model_entry(recipe.model).dataset)
+    images, labels = data.load(recipe.train_split, data_root)
+    val_images, val_labels = data.load("val", data_root)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
         val_images, val_labels = val_images[:limit], val_labels[:limit]
@@ -125,11 +126,11 @@ def train(
             index = order[batch_index * recipe.batch_size : (batch_index + 1) * recipe.batch_size]
             batch = images[index]
             if recipe.augment:
-                batch = augment_batch(batch, torch.Generator().manual_seed(recipe.seed * 7919 + step))
+                batch = data.augment(batch, torch.Generator().manual_seed(recipe.seed * 7919 + step))
             target = labels[index].to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, recipe)
-            logits = model(to_model_input(batch).to(device))
+            logits = model(data.to_input(batch).to(device))
             loss = F.cross_entropy(logits, target, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -146,7 +147,7 @@ def train(
             save()
             return {"finished": False, "step": step, "history": history}
         val = evaluate_tensors(  # evaluates in eval mode and puts the model back in train mode
-            model, val_images.to(device), val_labels.to(device), batch_size=256, progress=False
+            model, val_images, val_labels, batch_size=256, progress=False, to_input=data.to_input
         )
         history.append(
             {

@@ -1,4 +1,4 @@
-"""Datasets: Fashion-MNIST (IDX files, in memory) and ImageNet-style folders with Vim's eval transform."""
+"""Datasets: Fashion-MNIST images and clips (in memory), ImageNet-style folders, Kinetics-style frame folders."""
 
 from mambatr.data.batches import augment_batch, iterate_batches, to_model_input
 from mambatr.data.errors import DatasetError, DatasetNotFoundError
@@ -13,6 +13,14 @@ from mambatr.data.fashion_mnist import (
     load_fashion_mnist,
     train_val_indices,
 )
+from mambatr.data.fmnist_clips import (
+    CLIP_CLASSES,
+    ORBIT_CLIP_CLASSES,
+    clips_to_model_input,
+    iterate_clip_batches,
+    load_fmnist_clips,
+    make_clips,
+)
 from mambatr.data.idx import parse_idx, read_idx
 from mambatr.data.imagefolder import IMG_EXTENSIONS, ImageFolder, load_rgb
 from mambatr.data.transforms import (
@@ -21,8 +29,18 @@ from mambatr.data.transforms import (
     EvalTransform,
     build_eval_transform,
 )
+from mambatr.data.video_folder import VideoFrameFolder, average_views, sample_frame_indices
 
 __all__ = [
+    "CLIP_CLASSES",
+    "ORBIT_CLIP_CLASSES",
+    "VideoFrameFolder",
+    "average_views",
+    "clips_to_model_input",
+    "iterate_clip_batches",
+    "load_fmnist_clips",
+    "make_clips",
+    "sample_frame_indices",
     "DEFAULT_ROOT",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_MEAN",

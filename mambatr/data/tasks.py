@@ -1,0 +1,56 @@
+"""The in-memory testbeds by name: how to load a split, turn uint8 samples into model input, augment.
+
+A registered model names its dataset (``ModelEntry.dataset``); ``train``, ``eval`` and ``sweep`` look
+the testbed up here, so a new testbed is one entry below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from mambatr.data.batches import augment_batch, to_model_input
+from mambatr.data.fashion_mnist import load_fashion_mnist
+from mambatr.data.fmnist_clips import clips_to_model_input, load_fmnist_clips
+
+# The video testbed's clips: the orbit motion, where one frame (even with its time index) cannot tell
+# the direction, so the label needs two frames (docs/video_data.md).
+CLIP_MOTION = "orbit"
+
+
+@dataclass(frozen=True)
+class Testbed:
+    name: str
+    load: Callable[[str, str | Path | None], tuple[torch.Tensor, torch.Tensor]]  # split, root -> x, y
+    to_input: Callable[[torch.Tensor], torch.Tensor]  # uint8 samples -> normalised float model input
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # uint8 -> uint8, seeded
+    description: str
+
+
+TESTBEDS: dict[str, Testbed] = {
+    "fashion_mnist": Testbed(
+        "fashion_mnist",
+        load_fashion_mnist,
+        to_model_input,
+        augment_batch,  # 2-px random shift and horizontal flip
+        "Fashion-MNIST images (N, 1, 28, 28)",
+    ),
+    "fmnist_clips": Testbed(
+        "fmnist_clips",
+        partial(load_fmnist_clips, motion=CLIP_MOTION),
+        clips_to_model_input,
+        partial(augment_batch, flip=False),  # frames as channels: one shift per clip; a flip would
+        # mirror the motion, so it is off
+        "Fashion-MNIST clips (N, 1, 4, 28, 28), orbit motion, 20 classes",
+    ),
+}
+
+
+def testbed(name: str) -> Testbed:
+    if name not in TESTBEDS:
+        raise ValueError(f"no in-memory testbed {name!r}; known: {', '.join(TESTBEDS)}")
+    return TESTBEDS[name]
