@@ -1,4 +1,4 @@
-"""Datasets: Fashion-MNIST images and clips (in memory), ImageNet-style folders, Kinetics-style frame folders."""
+"""Datasets: Fashion-MNIST images and clips (in memory), ImageNet folders, Kinetics-style frame folders."""
 
 from mambatr.data.batches import augment_batch, iterate_batches, to_model_input
 from mambatr.data.errors import DatasetError, DatasetNotFoundError
