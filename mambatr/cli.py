@@ -66,6 +66,8 @@ def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
         shard = ShardBatchSampler(len(images), args.batch_size, context)
         batches = tensor_batches(images, labels, args.batch_size, context, TESTBEDS[dataset].to_input)
         return batches, shard.images()
+    if dataset == "kinetics":
+        return _video_batches(args, model)
     if args.data is None:
         raise ValueError(f"model {args.model!r} evaluates on ImageNet: pass --data /path/to/imagenet/val")
     config = model.config
@@ -75,6 +77,40 @@ def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
     shard = ShardBatchSampler(len(dataset), args.batch_size, context)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=shard, num_workers=args.workers)
     return loader, shard.images()
+
+
+def _video_batches(args: argparse.Namespace, model: torch.nn.Module):
+    """Kinetics-style frame folders: one item per video with all its views (--views CLIPSxCROPS)."""
+    from pathlib import Path
+
+    from mambatr.data import VideoFrameFolder
+    from mambatr.distributed import ShardBatchSampler
+    from mambatr.video_eval import VideoViews, parse_views
+
+    if args.data is None:
+        raise ValueError(
+            f"model {args.model!r} evaluates on Kinetics: pass --data DIR (frame folders and test.csv)"
+        )
+    clips, crops = parse_views(args.views)
+    annotation = args.annotation or Path(args.data) / "test.csv"
+    config = model.config
+    folder = VideoFrameFolder(
+        args.data, annotation, num_frames=config.num_frames, img_size=config.img_size, num_clips=clips,
+        num_crops=crops,
+    )  # fmt: skip
+    videos = VideoViews(folder)
+    if args.limit is not None:
+        videos = torch.utils.data.Subset(videos, range(min(args.limit, len(videos))))
+    shard = ShardBatchSampler(len(videos), args.batch_size, args.context)
+    loader = torch.utils.data.DataLoader(videos, batch_sampler=shard, num_workers=args.workers)
+    return loader, shard.images()
+
+
+def _evaluable(args: argparse.Namespace, model: torch.nn.Module) -> torch.nn.Module:
+    """What evaluate() runs: the model, or for video datasets the model averaged over each video's views."""
+    from mambatr.video_eval import ViewAveraging
+
+    return ViewAveraging(model) if model_entry(args.model).dataset == "kinetics" else model
 
 
 def _reduction_options(args: argparse.Namespace) -> dict:
@@ -125,7 +161,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         summary["gflops"] = summary["gflops_dense"]
     batches, total = _eval_batches(args, model)
-    summary.update(evaluate(model, batches, total=total, desc=f"eval {args.model}", context=args.context))
+    evaluable = _evaluable(args, model)
+    summary.update(evaluate(evaluable, batches, total=total, desc=f"eval {args.model}", context=args.context))
     if not args.context.is_main:
         return
     if args.json:
@@ -161,6 +198,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup_epochs=args.warmup_epochs,
         weight_decay=args.weight_decay,
         seed=args.seed,
         threads=args.threads,
@@ -254,7 +292,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     def evaluate_model(m: torch.nn.Module) -> dict:
         batches, total = _eval_batches(args, m)
-        return evaluate(m, batches, total=total, progress=False, context=args.context)
+        return evaluate(_evaluable(args, m), batches, total=total, progress=False, context=args.context)
 
     rows = run_sweep(model, evaluate_model, methods, reductions, progress=args.context.is_main)
     if not args.context.is_main:
@@ -278,7 +316,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     pretrained = args.checkpoint is None and entry.weights is not None
     model = create_model(args.model, checkpoint=args.checkpoint, pretrained=pretrained).to(device).eval()
     config = model.config
-    images = torch.randn(args.batch_size, config.in_chans, config.img_size, config.img_size, device=device)
+    images = torch.randn(config.input_shape(args.batch_size), device=device)
     result = {
         "model": args.model,
         "device": str(device),
@@ -385,6 +423,14 @@ def cmd_viz(args: argparse.Namespace) -> None:
     )
 
 
+def _add_video_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("video models (Kinetics-style frame folders)")
+    group.add_argument(
+        "--views", default="1x1", help="clips x crops per video, averaged (official Kinetics test: 4x3)"
+    )
+    group.add_argument("--annotation", help="annotation file (default: DATA/test.csv, the official layout)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mambatr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -413,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--workers", type=int, default=2, help="image-decoding workers (folders only)")
     evaluation.add_argument("--threads", type=int, default=torch.get_num_threads())
     evaluation.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's GPU)")
+    _add_video_args(evaluation)
     _add_reduction_args(evaluation)
     evaluation.set_defaults(run=cmd_eval)
 
@@ -425,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--epochs", type=int, default=Recipe.epochs)
     training.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     training.add_argument("--lr", type=float, default=Recipe.lr)
+    training.add_argument("--warmup-epochs", type=float, default=Recipe.warmup_epochs)
     training.add_argument("--weight-decay", type=float, default=Recipe.weight_decay)
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -450,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=2)
     sweep.add_argument("--threads", type=int, default=torch.get_num_threads())
     sweep.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's GPU)")
+    _add_video_args(sweep)
     sweep.set_defaults(run=cmd_sweep)
 
     bench = commands.add_parser("bench", help="dense vs reduced throughput, measured in the same run")

@@ -7,7 +7,11 @@ from pathlib import Path
 
 from torch import nn
 
-from mambatr.models import vim_variants  # noqa: F401  (registers the Vim variants)
+from mambatr.models import (
+    plainmamba_variants,  # noqa: F401  (registers the PlainMamba variants)
+    videomamba_variants,  # noqa: F401  (registers the VideoMamba variants)
+    vim_variants,  # noqa: F401  (registers the Vim variants)
+)
 from mambatr.models.backbone import ReducibleBackbone
 from mambatr.models.checkpoint import CheckpointError, load_into, read_state_dict
 from mambatr.models.registry import list_models, model_entry, register_model

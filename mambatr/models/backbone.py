@@ -77,6 +77,8 @@ class BackboneConfig(Protocol):
     @property
     def num_directions(self) -> int: ...
 
+    def input_shape(self, batch: int) -> tuple[int, ...]: ...
+
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """The residual stream's dtype: float32 (official ``residual_in_fp32``), or float64 for float64 models."""
@@ -114,6 +116,10 @@ class ReducibleBackbone(nn.Module):
         """(B, D) features for the head from the last block's streams."""
         raise NotImplementedError
 
+    def layer_inputs(self, state) -> dict[str, torch.Tensor]:
+        """Extra keyword arguments every block gets (PlainMamba: the tokens' grid positions)."""
+        return {}
+
     @property
     def scan_impl(self) -> str:
         return self.layers[0].mixer.scan_impl
@@ -131,7 +137,9 @@ class ReducibleBackbone(nn.Module):
         removals = self.reduction.removals if self.reduction is not None else {}
         for index, layer in enumerate(self.layers):
             count = removals.get(index, 0)
-            hidden, residual, internals = layer(hidden, residual, gaps=gaps, capture=count > 0)
+            hidden, residual, internals = layer(
+                hidden, residual, gaps=gaps, capture=count > 0, **self.layer_inputs(state)
+            )
             if count > 0:
                 method = self.reduction.method
                 state = method.reduce(state.with_streams(hidden, residual), internals, count)
@@ -152,5 +160,6 @@ def readout(features: torch.Tensor, state) -> torch.Tensor:
     cls = state.cls_index()
     if cls is not None:
         return features[torch.arange(features.shape[0], device=features.device), cls]
-    weights = (state.sizes / state.sizes.sum(dim=1, keepdim=True)).to(features.dtype)
+    sizes = state.sizes.to(features.dtype)
+    weights = sizes / sizes.sum(dim=1, keepdim=True)
     return (features * weights[..., None]).sum(dim=1)

@@ -60,7 +60,8 @@ def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, tor
 def resample_pos_embed(
     pos_embed: torch.Tensor, new_grid: int, cls_index_old: int | None, cls_index_new: int | None
 ) -> torch.Tensor:
-    """Bicubic (antialiased, as timm) resampling of (1, M[+1], D) position embeddings to a new grid.
+    """Bicubic resampling of (1, M[+1], D) position embeddings to a new grid, as hustvl/Vim's main.py
+    (``F.interpolate(mode="bicubic", align_corners=False)``, no antialiasing).
 
     The class-token row sits at ``cls_index_old`` (Vim: M // 2, not row 0) and moves to ``cls_index_new``.
     """
@@ -73,7 +74,7 @@ def resample_pos_embed(
     if old_grid * old_grid != rows.shape[0]:
         raise CheckpointError(f"pos_embed has {rows.shape[0]} patch rows, not a square grid")
     grid = rows.float().reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", antialias=True, align_corners=False)
+    grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
     rows = grid.permute(0, 2, 3, 1).reshape(new_grid * new_grid, -1).to(pos_embed.dtype)
     if cls_row is not None and cls_index_new is not None:
         rows = torch.cat((rows[:cls_index_new], cls_row, rows[cls_index_new:]))

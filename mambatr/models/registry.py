@@ -17,7 +17,9 @@ class ModelEntry:
     builder: ModelBuilder
     description: str
     weights: Path | None = None  # shipped weights file for pretrained=True
-    dataset: str = "imagenet"  # what `mambatr eval` evaluates it on: "imagenet" (folder) or "fashion_mnist"
+    # what `mambatr eval` evaluates it on: "imagenet" (folder), "fashion_mnist", "fmnist_clips"
+    # (Fashion-MNIST clips) or "kinetics" (a Kinetics-400 video folder)
+    dataset: str = "imagenet"
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -93,6 +93,10 @@ class VimConfig:
     def num_directions(self) -> int:
         return 2
 
+    def input_shape(self, batch: int) -> tuple[int, ...]:
+        """The input the model takes: (B, C, H, W)."""
+        return (batch, self.in_chans, self.img_size, self.img_size)
+
     @property
     def grid(self) -> int:
         return (self.img_size - self.patch_size) // self.stride + 1
