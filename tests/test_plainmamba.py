@@ -259,6 +259,8 @@ def test_every_method_runs(tiny_pm, method):
     model = tiny_pm(depth=4)
     images = torch.randn(2, 3, 18, 18)
     dense = model(images)
+    mambatr.apply(model, method, ratio=0.0)  # amount 0: nothing removed, bit-identical
+    assert torch.equal(model(images), dense)
     report = mambatr.apply(model, method, flops_reduction=0.15)
     assert report.tokens_per_layer[-1] < 25
     logits = model(images)
