@@ -414,6 +414,8 @@ def cmd_viz(args: argparse.Namespace) -> None:
     if args.method is None:
         raise ValueError("viz needs --method (and --flops-reduction or --ratio)")
     model = _load_model(args)
+    if len(model.config.input_shape(1)) != 4:
+        raise ValueError(f"viz draws image models; {args.model} takes videos")
     report = apply(model, args.method, **_reduction_options(args))
     image, mean, std = _viz_image(args, model)
     groups, importance, traces = visualize(model, image, Path(args.out), mean, std)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mambatr.models.vim import VisionMamba
+from mambatr.models.backbone import ReducibleBackbone
 from mambatr.reduction.api import intercept_reduction
 from mambatr.reduction.state import TokenState
 
@@ -33,7 +33,7 @@ class LayerTrace:
 
 
 @torch.inference_mode()
-def trace(model: VisionMamba, image: torch.Tensor) -> list[LayerTrace]:
+def trace(model: ReducibleBackbone, image: torch.Tensor) -> list[LayerTrace]:
     """Run one image (C, H, W) through the reduced model and record every reduction step."""
     if model.reduction is None:
         raise ValueError("the model has no reduction applied: call mambatr.apply first")
@@ -80,7 +80,7 @@ def patch_assignment(trace_: LayerTrace, num_tokens: int) -> np.ndarray:
     return owner
 
 
-def render_layer(model: VisionMamba, image: np.ndarray, trace_: LayerTrace) -> np.ndarray:
+def render_layer(model: ReducibleBackbone, image: np.ndarray, trace_: LayerTrace) -> np.ndarray:
     """(H*s, W*s, 3) uint8 panel; ``image`` is (H, W, 3) uint8."""
     config = model.config
     owner = patch_assignment(trace_, config.seq_len)
@@ -89,7 +89,8 @@ def render_layer(model: VisionMamba, image: np.ndarray, trace_: LayerTrace) -> n
     sizes = np.bincount(owner[owner >= 0], minlength=trace_.sources.shape[0])
     colors = group_colors(len(sizes))
     panel = image.astype(float).copy()
-    p, stride = config.patch_size, config.stride
+    p = config.patch_size
+    stride = getattr(config, "stride", p)  # PlainMamba's patches do not overlap
     for patch, token in enumerate(owner):
         row, col = divmod(patch, config.grid)
         window = (slice(row * stride, row * stride + p), slice(col * stride, col * stride + p))
@@ -111,7 +112,7 @@ def to_rgb_uint8(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float,
 
 
 def visualize(
-    model: VisionMamba, image: torch.Tensor, out: Path, mean: tuple[float, ...], std: tuple[float, ...]
+    model: ReducibleBackbone, image: torch.Tensor, out: Path, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> tuple[Path, Path, list[LayerTrace]]:
     """Write ``out`` (original + one panel per reducing layer) and ``<out>_importance.png``."""
     traces = trace(model, image)
@@ -129,7 +130,7 @@ def visualize(
     return out, importance_path, traces
 
 
-def plot_importance(model: VisionMamba, traces: list[LayerTrace], path: Path) -> None:
+def plot_importance(model: ReducibleBackbone, traces: list[LayerTrace], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
