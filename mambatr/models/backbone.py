@@ -13,7 +13,8 @@ direction computed, every tensor in the current token order (tokens sorted by or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -78,6 +79,31 @@ class BackboneConfig(Protocol):
     def num_directions(self) -> int: ...
 
     def input_shape(self, batch: int) -> tuple[int, ...]: ...
+
+
+class MambaConfigMixin:
+    """Derived sizes, validation and overrides shared by the backbones' frozen config dataclasses
+    (which define ``embed_dim``, ``expand`` and ``dt_rank``)."""
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.embed_dim
+
+    @property
+    def rank(self) -> int:
+        return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
+
+    def _check_fields(self, checks: dict[str, bool]) -> None:
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid {type(self).__name__} fields {bad}: {self}")
+
+    def with_overrides(self, **overrides):
+        """A copy with some fields changed; unknown field names are an error."""
+        unknown = set(overrides) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown {type(self).__name__} fields {sorted(unknown)}")
+        return replace(self, **overrides)
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from mambatr.models.backbone import (
     BlockInternals,
     BranchInternals,
     Gaps,
+    MambaConfigMixin,
     ReducibleBackbone,
     accumulate_dtype,
     readout,
@@ -67,7 +68,7 @@ NUM_DIRECTIONS = 4
 
 
 @dataclass(frozen=True)
-class PlainMambaConfig:
+class PlainMambaConfig(MambaConfigMixin):
     """Architecture of a PlainMamba model; every field maps to an official hyper-parameter."""
 
     img_size: int = 224
@@ -104,17 +105,7 @@ class PlainMambaConfig:
             "stem_channels": self.stem_channels > 0,
             "layers_with_dwconv": all(0 <= i < self.depth for i in self.layers_with_dwconv),
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid PlainMambaConfig fields {bad}: {self}")
-
-    @property
-    def d_inner(self) -> int:
-        return self.expand * self.embed_dim
-
-    @property
-    def rank(self) -> int:
-        return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
+        self._check_fields(checks)
 
     @property
     def stem_size(self) -> int:
@@ -149,12 +140,6 @@ class PlainMambaConfig:
     def input_shape(self, batch: int) -> tuple[int, ...]:
         """The input the model takes: (B, C, H, W)."""
         return (batch, self.in_chans, self.img_size, self.img_size)
-
-    def with_overrides(self, **overrides) -> PlainMambaConfig:
-        unknown = set(overrides) - set(self.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown PlainMambaConfig fields {sorted(unknown)}")
-        return replace(self, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ which equals flip -> branch -> flip without materialising the flips.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -21,6 +21,7 @@ from mambatr.models.backbone import (
     BlockInternals,
     BranchInternals,
     Gaps,
+    MambaConfigMixin,
     ReducibleBackbone,
     accumulate_dtype,
     readout,
@@ -43,7 +44,7 @@ ClsPosition = Literal["middle", "first", "none"]
 
 
 @dataclass(frozen=True)
-class VimConfig:
+class VimConfig(MambaConfigMixin):
     """Architecture of a Vim-style model; every field maps to an official hyper-parameter."""
 
     img_size: int = 224
@@ -75,19 +76,9 @@ class VimConfig:
             "expand": self.expand > 0,
             "d_conv": self.d_conv > 0,
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid VimConfig fields {bad}: {self}")
+        self._check_fields(checks)
         if self.cls_position not in ("middle", "first", "none"):
             raise ValueError(f"cls_position must be 'middle', 'first' or 'none', got {self.cls_position!r}")
-
-    @property
-    def d_inner(self) -> int:
-        return self.expand * self.embed_dim
-
-    @property
-    def rank(self) -> int:
-        return self.dt_rank if self.dt_rank is not None else math.ceil(self.embed_dim / 16)
 
     @property
     def num_directions(self) -> int:
@@ -117,12 +108,6 @@ class VimConfig:
     def cls_index(self) -> int | None:
         """Index of the class token in the initial sequence (Vim: M // 2)."""
         return {"middle": self.num_patches // 2, "first": 0, "none": None}[self.cls_position]
-
-    def with_overrides(self, **overrides) -> VimConfig:
-        unknown = set(overrides) - set(self.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown VimConfig fields {sorted(unknown)}")
-        return replace(self, **overrides)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
