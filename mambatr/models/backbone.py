@@ -106,6 +106,15 @@ class MambaConfigMixin:
         return replace(self, **overrides)
 
 
+def init_dt_proj(dt_proj: nn.Linear, rank: int, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+    """mamba_ssm's dt init: uniform weight in ±rank^-1/2, bias = softplus^-1 of a log-uniform dt."""
+    nn.init.uniform_(dt_proj.weight, -(rank**-0.5), rank**-0.5)
+    dt = torch.exp(torch.rand(dt_proj.bias.shape) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=1e-4)
+    with torch.no_grad():
+        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+
+
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """The residual stream's dtype: float32 (official ``residual_in_fp32``), or float64 for float64 models."""
     return torch.float64 if dtype == torch.float64 else torch.float32

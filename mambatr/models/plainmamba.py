@@ -47,6 +47,7 @@ from mambatr.models.backbone import (
     MambaConfigMixin,
     ReducibleBackbone,
     accumulate_dtype,
+    init_dt_proj,
     readout,
 )
 from mambatr.ops import selective_scan
@@ -471,13 +472,7 @@ class PlainMamba(ReducibleBackbone):
         for layer in self.layers:
             mixer = layer.mamba
             nn.init.trunc_normal_(mixer.direction_Bs, std=0.02)
-            nn.init.uniform_(mixer.dt_proj.weight, -(rank**-0.5), rank**-0.5)
-            dt = torch.exp(
-                torch.rand(mixer.dt_proj.bias.shape) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
-            )
-            dt = dt.clamp(min=1e-4)
-            with torch.no_grad():
-                mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+            init_dt_proj(mixer.dt_proj, rank)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         return self.patch_embed(images) + self.pos_embed

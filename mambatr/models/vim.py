@@ -24,6 +24,7 @@ from mambatr.models.backbone import (
     MambaConfigMixin,
     ReducibleBackbone,
     accumulate_dtype,
+    init_dt_proj,
     readout,
 )
 from mambatr.ops import causal_conv1d, selective_scan
@@ -274,13 +275,7 @@ class VisionMamba(ReducibleBackbone):
         for layer in self.layers:
             mixer = layer.mixer
             for dt_proj in (mixer.dt_proj, mixer.dt_proj_b):
-                nn.init.uniform_(dt_proj.weight, -(rank**-0.5), rank**-0.5)
-                dt = torch.exp(
-                    torch.rand(dt_proj.bias.shape) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
-                )
-                dt = dt.clamp(min=1e-4)
-                with torch.no_grad():
-                    dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+                init_dt_proj(dt_proj, rank)
             # mamba_ssm rescales out_proj by 1/sqrt(n_layer) (GPT-2 style) in _init_weights
             nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
             with torch.no_grad():
