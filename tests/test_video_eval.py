@@ -52,3 +52,21 @@ def test_eval_counts_videos_and_averages_views(tmp_path, capsys):
     torch.testing.assert_close(wrapped.exp(), probs)
     labels = torch.tensor([v % 3 for v in range(5)])
     assert result["correct"] == int((probs.argmax(-1) == labels).sum())
+
+
+def test_train_and_eval_the_clip_testbed_from_the_command_line(tmp_path, capsys):
+    """`train` and `eval` go through the clip testbed (5-D input, 20 classes) like the image ones."""
+    from fake_data import write_fashion_mnist
+
+    root = write_fashion_mnist(tmp_path / "fmnist", train=5_100, test=30)
+    out = tmp_path / "run"
+    main(["train", "--model", "videomamba_fmnist_clips", "--data", str(root), "--out", str(out),
+          "--epochs", "1", "--batch-size", "32", "--limit", "64", "--threads", "1"])  # fmt: skip
+    weights = out / "videomamba_fmnist_clips.safetensors"
+    info = json.loads(weights.with_suffix(".json").read_text())
+    assert info["recipe"]["model"] == "videomamba_fmnist_clips" and len(info["history"]) == 1
+    capsys.readouterr()
+    main(["eval", "--model", "videomamba_fmnist_clips", "--checkpoint", str(weights), "--data", str(root),
+          "--json"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 30 and 0 <= result["top1"] <= 100
