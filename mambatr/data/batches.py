@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,11 +55,15 @@ def iterate_batches(
     augment: bool = False,
     seed: int = 0,
     drop_last: bool = False,
+    flip: bool = True,
+    padding: int = 2,
+    to_input: Callable[[torch.Tensor], torch.Tensor] = to_model_input,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(normalised inputs (B, 1, H, W), labels (B,)) batches of uint8 images held in memory.
 
     One ``torch.Generator`` seeded with ``seed`` drives both the shuffle order and the augmentation, so
-    a pass is reproducible.
+    a pass is reproducible. ``flip`` / ``padding`` configure ``augment_batch``; ``to_input`` turns a
+    uint8 batch into model input (clips: ``clips_to_model_input``).
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -70,5 +74,5 @@ def iterate_batches(
         index = order[start : start + batch_size]
         batch = images[index]
         if augment:
-            batch = augment_batch(batch, generator)
-        yield to_model_input(batch), labels[index]
+            batch = augment_batch(batch, generator, padding=padding, flip=flip)
+        yield to_input(batch), labels[index]

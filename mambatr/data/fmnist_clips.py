@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mambatr.data.batches import augment_batch
+from mambatr.data.batches import iterate_batches
 from mambatr.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
@@ -96,6 +96,11 @@ def orbit_offsets(radius: int) -> list[tuple[int, int]]:
     return ring
 
 
+def _check_motion(motion: str) -> None:
+    if motion not in MOTIONS:
+        raise ValueError(f"unknown motion {motion!r}; choose from {', '.join(MOTIONS)}")
+
+
 def make_clips(
     images: torch.Tensor,
     keys: torch.Tensor | np.ndarray,
@@ -117,8 +122,7 @@ def make_clips(
     random phase (0..7), clockwise (0) or counter-clockwise (1); at every frame index its position is
     uniform over the ring in both directions (more than 8 frames revisit positions).
     """
-    if motion not in MOTIONS:
-        raise ValueError(f"unknown motion {motion!r}; choose from {', '.join(MOTIONS)}")
+    _check_motion(motion)
     if images.dtype != torch.uint8 or images.dim() != 3:
         raise ValueError(f"expected uint8 images (N, H, W), got {images.dtype} {tuple(images.shape)}")
     keys = np.asarray(keys, dtype=np.int64).reshape(-1)
@@ -163,8 +167,7 @@ def load_fmnist_clips(
     One clip per image of ``load_fashion_mnist(split, root)`` in the same order (55,000 x 4 x 28 x 28
     bytes = 172 MB for ``train``).
     """
-    if motion not in MOTIONS:  # before reading any file
-        raise ValueError(f"unknown motion {motion!r}; choose from {', '.join(MOTIONS)}")
+    _check_motion(motion)  # before reading any file
     if split not in SPLITS:
         raise ValueError(f"unknown Fashion-MNIST split {split!r}; choose from {', '.join(SPLITS)}")
     if split == "test":
@@ -203,20 +206,13 @@ def iterate_clip_batches(
     """(normalised clips (B, 1, T, H, W), labels (B,)) batches of uint8 clips held in memory.
 
     ``augment``: a random crop (zero padding ``padding`` px, crop back) per clip, the same window in
-    every frame; no flip, which would reverse the direction. One ``torch.Generator(seed)`` drives the
-    order and the crops, so a pass is reproducible.
+    every frame (frames as channels); no flip, which would reverse the direction. One
+    ``torch.Generator(seed)`` drives the order and the crops, so a pass is reproducible.
     """
-    if len(clips) != len(labels):
-        raise ValueError(f"{len(clips)} clips but {len(labels)} labels")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(clips), generator=generator) if shuffle else torch.arange(len(clips))
-    stop = len(clips) - len(clips) % batch_size if drop_last else len(clips)
-    for start in range(0, stop, batch_size):
-        index = order[start : start + batch_size]
-        batch = clips[index]
-        if augment:  # frames as channels: one crop window per clip
-            batch = augment_batch(batch, generator, padding=padding, flip=False)
-        yield clips_to_model_input(batch), labels[index]
+    return iterate_batches(
+        clips, labels, batch_size, shuffle, augment, seed, drop_last,
+        flip=False, padding=padding, to_input=clips_to_model_input,
+    )  # fmt: skip
 
 
 def _translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

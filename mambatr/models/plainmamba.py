@@ -51,6 +51,7 @@ from mambatr.models.backbone import (
     readout,
 )
 from mambatr.ops import selective_scan
+from mambatr.reduction.state import gather_tokens
 
 __all__ = [
     "MOVE_CODES",
@@ -207,11 +208,6 @@ def scan_orders(positions: torch.Tensor, paths: SnakePaths) -> tuple[torch.Tenso
     return perm, sorted_ranks
 
 
-def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (..., L, C) at index (..., K) along the token dim -> (..., K, C)."""
-    return torch.gather(x, -2, index[..., None].expand(*index.shape, x.shape[-1]))
-
-
 def _to_grid(x: torch.Tensor, positions: torch.Tensor | None, height: int, width: int) -> torch.Tensor:
     """Tokens (B, L, C) scattered at their positions into a zero (B, C, H, W) grid."""
     batch, _, channels = x.shape
@@ -224,7 +220,7 @@ def _to_grid(x: torch.Tensor, positions: torch.Tensor | None, height: int, width
 def _from_grid(grid: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
     """(B, C, H, W) read back at the tokens' positions -> (B, L, C)."""
     tokens = grid.flatten(2).transpose(1, 2)
-    return tokens if positions is None else _gather(tokens, positions)
+    return tokens if positions is None else gather_tokens(tokens, positions)
 
 
 def sparse_grid_conv(
@@ -290,7 +286,7 @@ class PlainMambaMixer(nn.Module):
         # the four scans as one batch of B * 4 sequences (image-major), each in its own scan order
         perm = scan_orders(positions, paths)[0].transpose(0, 1)  # (B, 4, L): token scanned at each step
         stack, flat = (batch * NUM_DIRECTIONS, length), (batch, NUM_DIRECTIONS * length)
-        u_scan = _gather(x, perm.reshape(flat))  # only u moves into scan order
+        u_scan = gather_tokens(x, perm.reshape(flat))  # only u moves into scan order
         codes = torch.gather(paths.codes[:, positions].transpose(0, 1), -1, perm)  # of the scanned token
         B_scan = B[:, None] + self.direction_Bs.to(B.dtype)[codes]  # (B, 4, L, N): B stays in sequence order
         gap = None
@@ -311,7 +307,7 @@ class PlainMambaMixer(nn.Module):
         )
         inverse = perm.argsort(dim=-1)  # (B, 4, L): scan step of each token
         offsets = torch.arange(0, NUM_DIRECTIONS * length, length, device=u.device)[:, None]
-        ys = _gather(y_scan.reshape(*flat, -1), (inverse + offsets).reshape(flat))
+        ys = gather_tokens(y_scan.reshape(*flat, -1), (inverse + offsets).reshape(flat))
         ys = ys.reshape(batch, NUM_DIRECTIONS, length, -1)  # back in token order
         y = ys[:, 0] + ys[:, 1] + ys[:, 2] + ys[:, 3]
         gate = F.silu(z)
@@ -323,9 +319,9 @@ class PlainMambaMixer(nn.Module):
         delta = F.softplus(dt.to(acc) + self.dt_proj.bias.to(acc))  # per scan step (sequence order)
         branches = tuple(
             BranchInternals(
-                delta=_gather(delta, inverse[:, k]),  # what the step that scanned each token used
-                B=_gather(B_scan[:, k], inverse[:, k]),
-                C=_gather(C, inverse[:, k]),
+                delta=gather_tokens(delta, inverse[:, k]),  # what the step that scanned each token used
+                B=gather_tokens(B_scan[:, k], inverse[:, k]),
+                C=gather_tokens(C, inverse[:, k]),
                 y=ys[:, k] * gate,
                 y_ungated=ys[:, k],
                 A=A,
