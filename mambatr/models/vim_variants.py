@@ -39,6 +39,7 @@ FMNIST_CONFIG = VimConfig(
     embed_dim=96,
     depth=12,
 )
+FMNIST_P2_CONFIG = FMNIST_CONFIG.with_overrides(patch_size=2, stride=2)
 
 
 @register_model(
@@ -50,6 +51,16 @@ FMNIST_CONFIG = VimConfig(
 )
 def vim_fmnist(**overrides) -> VisionMamba:
     return VisionMamba(FMNIST_CONFIG.with_overrides(**overrides))
+
+
+@register_model(
+    "vim_fmnist_p2",
+    "Fashion-MNIST testbed at patch 2 (14x14 = 196 tokens + middle class token, like ImageNet Vim's "
+    "grid), D=96, depth 12; no shipped weights yet: `mambatr train --model vim_fmnist_p2`",
+    dataset="fashion_mnist",
+)
+def vim_fmnist_p2(**overrides) -> VisionMamba:
+    return VisionMamba(FMNIST_P2_CONFIG.with_overrides(**overrides))
 
 
 @register_model(
