@@ -48,6 +48,7 @@ CASES = [
     (3, 9, 33, 4, True, False, True, True, True, True),
     (2, 5, 8, 6, False, True, False, False, True, False),
     (2, 31, 40, 16, True, True, True, True, False, True),
+    (2, 11, 37, 23, True, True, True, True, True, False),  # N = 16 + 4 + 2 + 1: every chunk size
 ]
 
 

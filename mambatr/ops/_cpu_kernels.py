@@ -20,9 +20,10 @@ from pathlib import Path
 import torch
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("scan.cpp", "conv.cpp")
-HEADERS = ("common.h", "simd.h")
-CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-Wall"]
+SOURCES = ("scan.cpp", "conv.cpp", "parallel.cpp")
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall"]
+# Links the OpenMP runtime torch already loaded (libgomp.so.1), so at::parallel_for runs on torch's threads.
+LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
 _loaded: str | None = None
@@ -82,6 +83,7 @@ def load(verbose: bool = False) -> str:
                 name=extension_name(),
                 sources=[str(CSRC / s) for s in SOURCES],
                 extra_cflags=CFLAGS,
+                extra_ldflags=LDFLAGS,
                 extra_include_paths=[str(CSRC)],
                 is_python_module=False,
                 verbose=verbose,
@@ -94,6 +96,12 @@ def load(verbose: bool = False) -> str:
 
 def is_loaded() -> bool:
     return _loaded is not None
+
+
+def parallel_threads(tasks: int = 64) -> int:
+    """Threads the kernels' parallel loops really use now (1 if built without OpenMP)."""
+    load()
+    return int(torch.ops.mambatr.parallel_threads(tasks))
 
 
 def _failure(cause: str) -> str:

@@ -83,7 +83,8 @@ def backend_info(device: str | torch.device = "cpu") -> dict[str, str]:
             chosen = "cpu" if device.type == "cpu" else "cuda" if cuda else "torch"
         info[op] = chosen
     info["cpu_kernels"] = (
-        f"loaded ({_cpu_kernels.extension_name()}, {torch.get_num_threads()} threads)"
+        f"loaded ({_cpu_kernels.extension_name()}, "
+        f"parallel loops on {_cpu_kernels.parallel_threads()} threads)"
         if _cpu_kernels.is_loaded()
         else f"not loaded yet (cache {_cpu_kernels.build_dir()})"
     )

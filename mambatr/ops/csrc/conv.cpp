@@ -3,7 +3,16 @@
 // Layout (mambatr's): x, out (batch, length, E) with contiguous channels (rows may be strided, e.g.
 // x is a chunk of the in_proj output); weight (E, K); bias (E). Output t mixes inputs t-K+1 .. t
 // (zero padded on the left); `reverse` mixes t .. t+K-1 instead (anti-causal, the Vim backward
-// branch without flips). Vectorised over channels, parallel over (batch, time) rows.
+// branch without flips). Both are the same conv in scan order (reverse walks time backwards), so one
+// kernel serves both.
+//
+// Work is split over (batch, block of `lanes` channels); a task walks its sequence once, keeping the
+// K taps and the sliding window of the last K inputs in vector registers (K is a compile-time constant,
+// 1..kMaxTaps): one load, K FMAs, the SiLU and one store per output vector, so the conv streams its input
+// and output once. The backward walks each sequence once in reverse scan order, recomputing the
+// pre-activation for SiLU's gradient from a window of inputs and keeping a window of its gradients for
+// dx; weight and bias gradients accumulate in registers per task and are summed over the batch at the
+// end (fixed order: results do not depend on the thread count).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,39 +26,92 @@
 namespace mambatr {
 namespace {
 
+constexpr int64_t kMaxTaps = 8;
+
 template <typename T>
 struct ConvInputs {
   Rows<T> x;
   const T* wt = nullptr;  // weight transposed to (K, E)
   const T* bias = nullptr;
   int64_t batch = 0, L = 0, E = 0, K = 0;
-  bool reverse = false;
+  bool silu = false, reverse = false;
 
-  // Input time read by tap k of output t, or -1 inside the zero padding.
-  int64_t source(int64_t t, int64_t k) const {
-    const int64_t s = reverse ? t + (K - 1 - k) : t - (K - 1) + k;
-    return s >= 0 && s < L ? s : -1;
-  }
-  // Output time that reads input s through tap k, or -1 outside the sequence.
-  int64_t target(int64_t s, int64_t k) const {
-    const int64_t t = reverse ? s - (K - 1 - k) : s + (K - 1) - k;
-    return t >= 0 && t < L ? t : -1;
-  }
+  int64_t time(int64_t step) const { return reverse ? L - 1 - step : step; }
 };
 
+// One task: batch element b, channels [e0, e0 + ne).
 template <typename T>
-Vec<T> pre_activation(const ConvInputs<T>& in, int64_t b, int64_t t, int64_t e0, int ne) {
-  Vec<T> acc = in.bias ? load(in.bias + e0, ne) : Vec<T>{};
-  for (int64_t k = 0; k < in.K; ++k) {
-    const int64_t s = in.source(t, k);
-    if (s >= 0) acc += load(in.wt + k * in.E + e0, ne) * load(in.x.row(b, s) + e0, ne);
+struct Lane {
+  int64_t b, e0;
+  int ne;
+};
+
+template <typename T, int K>
+void forward_task(const ConvInputs<T>& in, const Lane<T>& lane, T* out) {
+  Vec<T> w[K], win[K] = {};  // win[K - 1] is the current input, win[0] the oldest (scan order)
+  for (int k = 0; k < K; ++k) w[k] = load(in.wt + k * in.E + lane.e0, lane.ne);
+  const Vec<T> bias = in.bias ? load(in.bias + lane.e0, lane.ne) : Vec<T>{};
+  for (int64_t step = 0; step < in.L; ++step) {
+    const int64_t t = in.time(step);
+    for (int k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
+    win[K - 1] = load(in.x.row(lane.b, t) + lane.e0, lane.ne);
+    Vec<T> y = bias;
+    for (int k = 0; k < K; ++k) y += w[k] * win[k];
+    store(out + (lane.b * in.L + t) * in.E + lane.e0, in.silu ? y * sigmoid(y) : y, lane.ne);
   }
-  return acc;
+}
+
+// Reverse scan order. At step s: pre_s from the input window s-K+1 .. s, its gradient dpre_s, then
+// dx_s = sum_k w_k dpre_{s+K-1-k} from the window of gradients s .. s+K-1.
+template <typename T, int K>
+void backward_task(const ConvInputs<T>& in, const Rows<T>& dout, const Lane<T>& lane, T* dx, T* dw, T* db) {
+  const int64_t L = in.L, E = in.E, e0 = lane.e0;
+  const int ne = lane.ne;
+  Vec<T> w[K], xwin[K] = {}, gwin[K] = {}, dw_acc[K] = {};
+  for (int k = 0; k < K; ++k) w[k] = load(in.wt + k * E + e0, ne);
+  const Vec<T> bias = in.bias ? load(in.bias + e0, ne) : Vec<T>{};
+  Vec<T> db_acc{};
+  // xwin[k] holds the input at step s - (K - 1 - k); prime it with steps L-K .. L-1 (zero before 0).
+  for (int k = 0; k < K; ++k) {
+    const int64_t step = L - K + k;
+    xwin[k] = step >= 0 ? load(in.x.row(lane.b, in.time(step)) + e0, ne) : Vec<T>{};
+  }
+  for (int64_t s = L - 1; s >= 0; --s) {
+    const int64_t t = in.time(s);
+    Vec<T> pre = bias;
+    for (int k = 0; k < K; ++k) pre += w[k] * xwin[k];
+    Vec<T> g = load(dout.row(lane.b, t) + e0, ne);
+    if (in.silu) g *= silu_grad(pre, sigmoid(pre));
+    db_acc += g;
+    for (int k = 0; k < K; ++k) dw_acc[k] += g * xwin[k];
+    // gwin[k] holds the gradient at step s + (K - 1 - k): shift towards the future, insert s at K - 1.
+    for (int k = 0; k + 1 < K; ++k) gwin[k] = gwin[k + 1];
+    gwin[K - 1] = g;
+    Vec<T> acc{};
+    for (int k = 0; k < K; ++k) acc += w[k] * gwin[k];
+    store(dx + (lane.b * L + t) * E + e0, acc, ne);
+    // Slide the input window one step back: drop step s, bring in step s - K.
+    for (int k = K - 1; k > 0; --k) xwin[k] = xwin[k - 1];
+    const int64_t older = s - K;
+    xwin[0] = older >= 0 ? load(in.x.row(lane.b, in.time(older)) + e0, ne) : Vec<T>{};
+  }
+  for (int k = 0; k < K; ++k) store(dw + (lane.b * K + k) * E + e0, dw_acc[k], ne);
+  store(db + lane.b * E + e0, db_acc, ne);
+}
+
+// Calls f(std::integral_constant<int, K>) for the runtime tap count K (1 .. kMaxTaps).
+template <int K = 1, typename F>
+void with_taps(int64_t taps, F&& f) {
+  if (taps == K) {
+    f(std::integral_constant<int, K>{});
+  } else if constexpr (K < kMaxTaps) {
+    with_taps<K + 1>(taps, f);
+  }
 }
 
 template <typename T>
 ConvInputs<T> make_inputs(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias,
-                          bool reverse) {
+                          bool silu, bool reverse) {
   ConvInputs<T> in;
   in.batch = x.size(0);
   in.L = x.size(1);
@@ -63,6 +125,7 @@ ConvInputs<T> make_inputs(const at::Tensor& x, const at::Tensor& wt, const std::
                 "bias must be a contiguous (E,) tensor of the input dtype");
     in.bias = bias->data_ptr<T>();
   }
+  in.silu = silu;
   in.reverse = reverse;
   return in;
 }
@@ -72,10 +135,23 @@ at::Tensor transposed_weight(const at::Tensor& x, const at::Tensor& weight) {
   check_rows(x, "x", x.size(0), x.size(1), x.size(2));
   TORCH_CHECK(weight.dim() == 2 && weight.size(0) == x.size(2) && weight.scalar_type() == x.scalar_type(),
               "weight must be (E, K) of the input dtype");
+  TORCH_CHECK(weight.size(1) >= 1 && weight.size(1) <= kMaxTaps, "impl='cpu' supports kernel widths 1 to ",
+              kMaxTaps, ", got ", weight.size(1), "; use impl='torch'");
   return weight.t().contiguous();
 }
 
-constexpr int64_t kRowGrain = 32;
+// Runs f(Lane) for every (batch, channel block), spread over threads.
+template <typename T, typename F>
+void for_each_lane(int64_t batch, int64_t E, F&& f) {
+  const int64_t blocks = (E + lanes<T>() - 1) / lanes<T>();
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    const FlushDenormals ftz;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t e0 = (task % blocks) * lanes<T>();
+      f(Lane<T>{task / blocks, e0, static_cast<int>(std::min<int64_t>(lanes<T>(), E - e0))});
+    }
+  });
+}
 
 at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     bool silu, bool reverse) {
@@ -83,17 +159,10 @@ at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const std::op
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mambatr_conv_fwd", [&] {
     using T = scalar_t;
-    const auto in = make_inputs<T>(x, wt, bias, reverse);
+    const auto in = make_inputs<T>(x, wt, bias, silu, reverse);
     T* o = out.data_ptr<T>();
-    at::parallel_for(0, in.batch * in.L, kRowGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / in.L, t = row % in.L;
-        for (int64_t e0 = 0; e0 < in.E; e0 += lanes<T>()) {
-          const int ne = static_cast<int>(std::min<int64_t>(lanes<T>(), in.E - e0));
-          const Vec<T> y = pre_activation(in, b, t, e0, ne);
-          store(o + row * in.E + e0, silu ? y * sigmoid(y) : y, ne);
-        }
-      }
+    with_taps(in.K, [&](auto taps) {
+      for_each_lane<T>(in.batch, in.E, [&](const Lane<T>& lane) { forward_task<T, decltype(taps)::value>(in, lane, o); });
     });
   });
   return out;
@@ -107,54 +176,17 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& dout, const at::Tensor& x, co
   check_rows(dout, "dout", batch, L, E);
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor dx = at::empty({batch, L, E}, opts);
-  // Enough (batch, time chunk) tasks for every thread; each owns partial weight/bias gradients.
-  const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-  const int64_t chunks = std::min(L, std::max<int64_t>(1, (want + batch - 1) / batch));
-  const int64_t chunk_len = (L + chunks - 1) / chunks;
-  at::Tensor dw_part = at::zeros({batch * chunks, K, E}, opts), db_part = at::zeros({batch * chunks, E}, opts);
+  at::Tensor dw_part = at::empty({batch, K, E}, opts), db_part = at::empty({batch, E}, opts);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mambatr_conv_bwd", [&] {
     using T = scalar_t;
-    const auto in = make_inputs<T>(x, wt, bias, reverse);
+    const auto in = make_inputs<T>(x, wt, bias, silu, reverse);
     TORCH_CHECK(dout.scalar_type() == x.scalar_type(), "dout must have the input dtype");
-    // Gradient at the pre-activation: dout itself, or dout * silu'(pre) recomputed from x.
-    at::Tensor dpre_buf = silu ? at::empty({batch, L, E}, opts) : dout;
-    if (silu) {
-      const Rows<T> g(dout);
-      T* d = dpre_buf.data_ptr<T>();
-      at::parallel_for(0, batch * L, kRowGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t row = begin; row < end; ++row) {
-          const int64_t b = row / L, t = row % L;
-          for (int64_t e0 = 0; e0 < E; e0 += lanes<T>()) {
-            const int ne = static_cast<int>(std::min<int64_t>(lanes<T>(), E - e0));
-            const Vec<T> y = pre_activation(in, b, t, e0, ne);
-            store(d + row * E + e0, load(g.row(b, t) + e0, ne) * silu_grad(y, sigmoid(y)), ne);
-          }
-        }
-      });
-    }
-    const Rows<T> dpre(dpre_buf);
+    const Rows<T> g(dout);
     T *pdx = dx.data_ptr<T>(), *pdw = dw_part.data_ptr<T>(), *pdb = db_part.data_ptr<T>();
-    at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / chunks, t0 = (task % chunks) * chunk_len, t1 = std::min(L, t0 + chunk_len);
-        T* dw = pdw + task * K * E;
-        T* db = pdb + task * E;
-        for (int64_t t = t0; t < t1; ++t) {
-          for (int64_t e0 = 0; e0 < E; e0 += lanes<T>()) {
-            const int ne = static_cast<int>(std::min<int64_t>(lanes<T>(), E - e0));
-            const Vec<T> gt = load(dpre.row(b, t) + e0, ne);
-            store(db + e0, load(db + e0, ne) + gt, ne);
-            Vec<T> acc{};
-            for (int64_t k = 0; k < K; ++k) {
-              const int64_t s = in.source(t, k);
-              if (s >= 0) store(dw + k * E + e0, load(dw + k * E + e0, ne) + gt * load(in.x.row(b, s) + e0, ne), ne);
-              const int64_t o = in.target(t, k);
-              if (o >= 0) acc += load(in.wt + k * E + e0, ne) * load(dpre.row(b, o) + e0, ne);
-            }
-            store(pdx + (b * L + t) * E + e0, acc, ne);
-          }
-        }
-      }
+    with_taps(K, [&](auto taps) {
+      for_each_lane<T>(batch, E, [&](const Lane<T>& lane) {
+        backward_task<T, decltype(taps)::value>(in, g, lane, pdx, pdw, pdb);
+      });
     });
   });
   return {dx, dw_part.sum(0).t().contiguous(), db_part.sum(0)};

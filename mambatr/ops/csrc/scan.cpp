@@ -4,12 +4,16 @@
 // D, delta_bias (E); gap (batch, length) or undefined. Rows may be strided (e.g. B and C are slices
 // of the x_proj output); the channel dimension must be contiguous.
 //
-// Work is split over (batch, block of `lanes` channels); each block keeps its N states in vector
-// registers and walks the sequence in scan order, so every operation is a vector op over channels.
-// The backward pass recomputes the block's states into a per-thread buffer (L * N vectors) instead
-// of storing (batch, L, E, N) in the forward, then runs the adjoint recurrence in reverse order.
-// dB and dC are reductions over channels: they are accumulated as lane vectors over all blocks of a
-// channel group and reduced horizontally once per group.
+// Work is split over (batch, block of `lanes` channels), one vector register wide. A block first makes
+// one pass over the sequence for everything that needs no state (softplus, the gap term, dt * u); then,
+// for each chunk of states that fits in registers (all 16 with AVX-512), walks the sequence keeping
+// the chunk's states in registers: per step two broadcasts of B_t[n], C_t[n] shared by the block's
+// channels, one vexp2 (A pre-scaled by log2 e) and three FMAs per state. The backward recomputes each
+// chunk's states and decays into a per-thread buffer (L x chunk vectors) instead of storing
+// (batch, L, E, N) in the forward, then runs the adjoint recurrence in reverse order. dB and dC are
+// reductions over channels: they are accumulated as lane vectors over all blocks of a channel group and
+// reduced horizontally once per group. The channel groups do not depend on the thread count, so results
+// are bitwise identical for any number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -37,79 +41,168 @@ struct ScanInputs {
   T gap_at(int64_t b, int64_t t) const { return gap ? gap[b * length + t] : T(0); }
 };
 
-// One block of channels [e0, e0 + ne): its A columns and per-channel parameters as vectors.
+// States kept in registers per pass over the sequence: all 16 of a Mamba layer with AVX-512 (32 vector
+// registers), 8 with AVX2 (16). The backward keeps two vectors per state (adjoint and dA), so half.
+constexpr int kChunk = kVecBytes == 64 ? 16 : 8;
+constexpr int kBackwardChunk = kChunk / 2;
+
+// Calls f(std::integral_constant<int, C>, n0) for consecutive chunks of the N states: chunks of C, then
+// of C/2, ... 1 for the remainder, so every chunk size is a compile-time constant (unrolled loops,
+// states in registers) whatever N is.
+template <int C, typename F>
+void for_each_chunk(int64_t N, int64_t n0, F&& f) {
+  for (; n0 + C <= N; n0 += C) f(std::integral_constant<int, C>{}, n0);
+  if constexpr (C > 1) for_each_chunk<C / 2>(N, n0, f);
+}
+
+// Per-thread scratch, allocated once per parallel range (never per step). Per step in scan order: delta
+// after bias and softplus (dt), its derivative (dt_grad), the decay exponent a, dt * u, and y (the output
+// without gate); the backward adds the gated output gradient dy, the state-summed terms dsB and da, and
+// per chunk the states (after a leading zero state) and decays (L * kBackwardChunk vectors each: bounded
+// by the chunk, not by N).
+template <typename T>
+struct Scratch {
+  std::vector<Vec<T>> A, dt, dt_grad, a, dtu, y, dy, dsB, da, states, decay, dA, dB, dC;
+  Scratch(int64_t L, int64_t N, bool backward)
+      : A(N), dt(L), dt_grad(L), a(L), dtu(L), y(L), dy(backward ? L : 0), dsB(backward ? L : 0),
+        da(backward ? L : 0), states(backward ? (L + 1) * kBackwardChunk : 0), decay(backward ? L * kBackwardChunk : 0),
+        dA(backward ? N : 0), dB(backward ? L * N : 0), dC(backward ? L * N : 0) {}
+};
+
+// One block of channels [e0, e0 + ne) of batch element b: its scaled A columns, per-channel parameters,
+// and the per-step pass that needs no state (softplus and the gap term are computed here, off the
+// recurrence's critical path).
 template <typename T>
 struct Block {
-  int64_t e0 = 0;
-  int ne = 0;
+  const ScanInputs<T>& in;
+  int64_t b, e0;
+  int ne;
   Vec<T> D{}, bias{};
 
-  void init(const ScanInputs<T>& in, int64_t block, Vec<T>* A) {
-    e0 = block * lanes<T>();
+  Block(const ScanInputs<T>& inputs, int64_t batch_index, int64_t block, Scratch<T>& sc)
+      : in(inputs), b(batch_index), e0(block * lanes<T>()) {
     ne = static_cast<int>(std::min<int64_t>(lanes<T>(), in.E - e0));
     for (int64_t n = 0; n < in.N; ++n) {
       Vec<T> a{};
-      for (int i = 0; i < ne; ++i) a[i] = in.A[(e0 + i) * in.N + n];
-      A[n] = a;
+      for (int i = 0; i < ne; ++i) a[i] = in.A[(e0 + i) * in.N + n] * Decay<T>::kScale;
+      sc.A[n] = a;
     }
     D = in.D ? load(in.D + e0, ne) : Vec<T>{};
     bias = in.bias ? load(in.bias + e0, ne) : Vec<T>{};
-  }
-
-  // Per step (scan order): delta after bias and softplus, its derivative w.r.t. the raw delta, and the
-  // decay exponent a = delta + gap * previous delta. A separate pass, so these independent
-  // transcendental evaluations pipeline instead of sitting on the recurrence's critical path.
-  void deltas(const ScanInputs<T>& in, int64_t b, Vec<T>* dt, Vec<T>* grad, Vec<T>* a) const {
     for (int64_t step = 0; step < in.length; ++step) {
       const int64_t t = in.time(step);
+      const Vec<T> u = load(in.u.row(b, t) + e0, ne);
       const Vec<T> raw = load(in.delta.row(b, t) + e0, ne) + bias;
       if (in.softplus) {
-        softplus(raw, dt[step], grad[step]);
+        softplus(raw, sc.dt[step], sc.dt_grad[step]);
       } else {
-        dt[step] = raw;
-        grad[step] = bcast(T(1));
+        sc.dt[step] = raw;
+        sc.dt_grad[step] = bcast(T(1));
       }
-      a[step] = in.gap && step ? dt[step] + in.gap_at(b, t) * dt[step - 1] : dt[step];
+      // a_t = dt_t + gap_t * dt_prev: the pruned positions decay with the previous token's delta.
+      sc.a[step] = in.gap && step ? sc.dt[step] + in.gap_at(b, t) * sc.dt[step - 1] : sc.dt[step];
+      sc.dtu[step] = sc.dt[step] * u;
+      sc.y[step] = D * u;
     }
   }
+
+  Vec<T> row(const Rows<T>& rows, int64_t step) const { return load(rows.row(b, in.time(step)) + e0, ne); }
+  T* out_row(T* base, int64_t step) const { return base + (b * in.length + in.time(step)) * in.E + e0; }
 };
 
-// Per-thread scratch: A columns, states, and per-step delta vectors; the backward adds the stored
-// states and decays of one block and the lane partials of dB and dC for one channel group.
-template <typename T>
-struct Scratch {
-  std::vector<Vec<T>> A, s, dA_acc, dt, dt_grad, a, zeros, states, decay, dB, dC;
-  Scratch(int64_t L, int64_t N, bool backward)
-      : A(N), s(N), dA_acc(N), dt(L), dt_grad(L), a(L), zeros(N), states(backward ? L * N : 0), decay(backward ? L * N : 0),
-        dB(backward ? L * N : 0), dC(backward ? L * N : 0) {}
-};
+// Forward over the sequence for states [n0, n0 + C): s = exp(a A) s + dt u B, y += <s, C>.
+template <typename T, int C>
+void forward_chunk(const Block<T>& blk, int64_t n0, Scratch<T>& sc) {
+  const ScanInputs<T>& in = blk.in;
+  const Vec<T>* A = sc.A.data() + n0;
+  Vec<T> s[C] = {};
+  for (int64_t step = 0; step < in.length; ++step) {
+    const int64_t t = in.time(step);
+    const T* Bt = in.B.row(blk.b, t) + n0;
+    const T* Ct = in.C.row(blk.b, t) + n0;
+    const Vec<T> a = sc.a[step], dtu = sc.dtu[step];
+    Vec<T> y0{}, y1{};  // two accumulators halve the dependency chain of the sum over states
+#pragma GCC unroll 16
+    for (int j = 0; j < C; ++j) {
+      s[j] = Decay<T>::exp(a * A[j]) * s[j] + dtu * Bt[j];
+      if (j % 2) {
+        y1 += s[j] * Ct[j];
+      } else {
+        y0 += s[j] * Ct[j];
+      }
+    }
+    sc.y[step] += y0 + y1;
+  }
+}
 
 template <typename T>
 void forward_block(const ScanInputs<T>& in, int64_t b, int64_t block, Scratch<T>& sc, T* out) {
-  Block<T> blk;
-  blk.init(in, block, sc.A.data());
-  blk.deltas(in, b, sc.dt.data(), sc.dt_grad.data(), sc.a.data());
-  const Vec<T>* A = sc.A.data();
-  Vec<T>* s = sc.s.data();
-  std::fill(s, s + in.N, Vec<T>{});
+  const Block<T> blk(in, b, block, sc);
+  for_each_chunk<kChunk>(in.N, 0, [&](auto c, int64_t n0) { forward_chunk<T, decltype(c)::value>(blk, n0, sc); });
   for (int64_t step = 0; step < in.length; ++step) {
-    const int64_t t = in.time(step);
-    const Vec<T> u = load(in.u.row(b, t) + blk.e0, blk.ne);
-    const Vec<T> a = sc.a[step];
-    const Vec<T> dtu = sc.dt[step] * u;
-    const T* Bt = in.B.row(b, t);
-    const T* Ct = in.C.row(b, t);
-    Vec<T> y = blk.D * u;
-    for (int64_t n = 0; n < in.N; ++n) {
-      s[n] = exp_vec(a * A[n]) * s[n] + dtu * Bt[n];
-      y += s[n] * Ct[n];
-    }
+    Vec<T> y = sc.y[step];
     if (in.has_z) {
-      const Vec<T> z = load(in.z.row(b, t) + blk.e0, blk.ne);
+      const Vec<T> z = blk.row(in.z, step);
       y *= z * sigmoid(z);
     }
-    store(out + (b * in.length + t) * in.E + blk.e0, y, blk.ne);
+    store(blk.out_row(out, step), y, blk.ne);
   }
+}
+
+// Backward for states [n0, n0 + C): recompute the chunk's states and decays in scan order (adding to y,
+// which dz needs), then run the adjoint recurrence in reverse: ds_t = dy_t C_t + exp(a_{t+1} A) ds_{t+1}.
+// dB/dC lane partials accumulate into sc.dB / sc.dC; the state-summed dsB and da into per-step vectors.
+template <typename T, int C>
+void backward_chunk(const Block<T>& blk, int64_t n0, Scratch<T>& sc) {
+  const ScanInputs<T>& in = blk.in;
+  const int64_t L = in.length, N = in.N;
+  const Vec<T>* A = sc.A.data() + n0;
+  Vec<T> s[C] = {};
+  std::fill(sc.states.begin(), sc.states.begin() + C, Vec<T>{});
+  for (int64_t step = 0; step < L; ++step) {
+    const int64_t t = in.time(step);
+    const T* Bt = in.B.row(blk.b, t) + n0;
+    const T* Ct = in.C.row(blk.b, t) + n0;
+    const Vec<T> a = sc.a[step], dtu = sc.dtu[step];
+    Vec<T>* st = &sc.states[(step + 1) * C];  // sc.states[0 .. C) stays zero: the state before step 0
+    Vec<T>* et = &sc.decay[step * C];
+    Vec<T> y{};
+#pragma GCC unroll 16
+    for (int j = 0; j < C; ++j) {
+      et[j] = Decay<T>::exp(a * A[j]);
+      s[j] = et[j] * s[j] + dtu * Bt[j];
+      st[j] = s[j];
+      y += s[j] * Ct[j];
+    }
+    sc.y[step] += y;
+  }
+  Vec<T> ds_carry[C] = {}, dA[C] = {};
+  for (int64_t step = L - 1; step >= 0; --step) {
+    const int64_t t = in.time(step);
+    const T* Bt = in.B.row(blk.b, t) + n0;
+    const T* Ct = in.C.row(blk.b, t) + n0;
+    const Vec<T> dy = sc.dy[step], a = sc.a[step], dtu = sc.dtu[step];
+    const Vec<T>* st = &sc.states[(step + 1) * C];
+    const Vec<T>* sp = &sc.states[step * C];
+    const Vec<T>* et = &sc.decay[step * C];
+    Vec<T>* dBt = &sc.dB[step * N + n0];
+    Vec<T>* dCt = &sc.dC[step * N + n0];
+    Vec<T> dsB{}, da{};
+#pragma GCC unroll 16
+    for (int j = 0; j < C; ++j) {
+      const Vec<T> ds = ds_carry[j] + dy * Ct[j];
+      dCt[j] += dy * st[j];
+      dBt[j] += ds * dtu;
+      dsB += ds * Bt[j];
+      const Vec<T> w = ds * sp[j] * et[j];  // d loss / d (a * A[j])
+      dA[j] += w * a;
+      da += w * A[j];
+      ds_carry[j] = ds * et[j];
+    }
+    sc.dsB[step] += dsB;
+    sc.da[step] += da;
+  }
+  for (int j = 0; j < C; ++j) sc.dA[n0 + j] = dA[j];
 }
 
 // Gradients of one channel block; dB/dC lane partials accumulate into sc.dB / sc.dC.
@@ -117,85 +210,41 @@ template <typename T>
 void backward_block(const ScanInputs<T>& in, const Rows<T>& dout, int64_t b, int64_t block, Scratch<T>& sc,
                     T* du, T* ddelta, T* dz, T* dA_part, T* dD_part, T* dbias_part) {
   const int64_t L = in.length, N = in.N, E = in.E;
-  Block<T> blk;
-  blk.init(in, block, sc.A.data());
-  const Vec<T>* A = sc.A.data();
-  const int64_t e0 = blk.e0;
-  const int ne = blk.ne;
-
-  // Pass 1, scan order: states and decays; dz needs the ungated output.
-  blk.deltas(in, b, sc.dt.data(), sc.dt_grad.data(), sc.a.data());
+  const Block<T> blk(in, b, block, sc);
   for (int64_t step = 0; step < L; ++step) {
-    const int64_t t = in.time(step);
-    const Vec<T> u = load(in.u.row(b, t) + e0, ne);
-    const Vec<T> a = sc.a[step];
-    const Vec<T> dtu = sc.dt[step] * u;
-    const T* Bt = in.B.row(b, t);
-    const T* Ct = in.C.row(b, t);
-    const Vec<T>* sp = step ? &sc.states[(step - 1) * N] : sc.zeros.data();
-    Vec<T>* st = &sc.states[step * N];
-    Vec<T>* et = &sc.decay[step * N];
-    Vec<T> y = blk.D * u;
-    for (int64_t n = 0; n < N; ++n) {
-      et[n] = exp_vec(a * A[n]);
-      st[n] = et[n] * sp[n] + dtu * Bt[n];
-      y += st[n] * Ct[n];
-    }
+    Vec<T> dy = blk.row(dout, step);
     if (in.has_z) {
-      const Vec<T> z = load(in.z.row(b, t) + e0, ne);
-      const Vec<T> g = load(dout.row(b, t) + e0, ne);
-      store(dz + (b * L + t) * E + e0, g * y * silu_grad(z, sigmoid(z)), ne);
+      const Vec<T> z = blk.row(in.z, step);
+      dy *= z * sigmoid(z);
     }
+    sc.dy[step] = dy;
+    sc.dsB[step] = Vec<T>{};
+    sc.da[step] = Vec<T>{};
   }
-
-  // Pass 2, reverse scan order: adjoint states ds (d loss / d s_t, carried back through decay).
-  Vec<T>* ds_carry = sc.s.data();  // reuses the forward state slots
-  std::fill(ds_carry, ds_carry + N, Vec<T>{});
-  std::vector<Vec<T>>& dA = sc.dA_acc;
-  std::fill(dA.begin(), dA.end(), Vec<T>{});
+  for_each_chunk<kBackwardChunk>(N, 0, [&](auto c, int64_t n0) { backward_chunk<T, decltype(c)::value>(blk, n0, sc); });
+  // Per step, reverse scan order: d delta through softplus and the gap term, which also feeds the
+  // previous step's delta (a_t = dt_t + g_t * dt_prev); du; dz from the ungated output y.
   Vec<T> dD{}, dbias{}, carry{};
   for (int64_t step = L - 1; step >= 0; --step) {
     const int64_t t = in.time(step);
-    const Vec<T> u = load(in.u.row(b, t) + e0, ne);
-    Vec<T> dy = load(dout.row(b, t) + e0, ne);
-    if (in.has_z) {
-      const Vec<T> z = load(in.z.row(b, t) + e0, ne);
-      dy *= z * sigmoid(z);
-    }
-    const Vec<T> dt = sc.dt[step];
-    const Vec<T> a = sc.a[step];
-    const Vec<T> dtu = dt * u;
-    const T* Bt = in.B.row(b, t);
-    const T* Ct = in.C.row(b, t);
-    const Vec<T>* st = &sc.states[step * N];
-    const Vec<T>* sp = step ? &sc.states[(step - 1) * N] : sc.zeros.data();
-    const Vec<T>* et = &sc.decay[step * N];
-    Vec<T>* dBt = &sc.dB[step * N];
-    Vec<T>* dCt = &sc.dC[step * N];
-    Vec<T> dsB{}, da{};
-    for (int64_t n = 0; n < N; ++n) {
-      const Vec<T> ds = ds_carry[n] + dy * Ct[n];
-      dCt[n] += dy * st[n];
-      dBt[n] += ds * dtu;
-      dsB += ds * Bt[n];
-      const Vec<T> w = ds * sp[n] * et[n];  // d loss / d (a * A[n])
-      dA[n] += w * a;
-      da += w * A[n];
-      ds_carry[n] = ds * et[n];
-    }
-    dD += dy * u;
-    const Vec<T> ddt = carry + dsB * u + da;
-    // a_t = dt_t + g_t * dt_prev: the decay exponent also feeds the previous step's delta.
+    const Vec<T> u = blk.row(in.u, step);
+    const Vec<T> dy = sc.dy[step];
+    const Vec<T> da = sc.da[step] * (T(1) / Decay<T>::kScale);  // sc.A holds A * kScale
+    const Vec<T> draw = (carry + sc.dsB[step] * u + da) * sc.dt_grad[step];
     carry = in.gap ? in.gap_at(b, t) * da : Vec<T>{};
-    const Vec<T> draw = ddt * sc.dt_grad[step];
     dbias += draw;
-    store(du + (b * L + t) * E + e0, dy * blk.D + dsB * dt, ne);
-    store(ddelta + (b * L + t) * E + e0, draw, ne);
+    dD += dy * u;
+    store(blk.out_row(du, step), dy * blk.D + sc.dsB[step] * sc.dt[step], blk.ne);
+    store(blk.out_row(ddelta, step), draw, blk.ne);
+    if (in.has_z) {
+      const Vec<T> z = blk.row(in.z, step);
+      store(blk.out_row(dz, step), blk.row(dout, step) * sc.y[step] * silu_grad(z, sigmoid(z)), blk.ne);
+    }
   }
-  for (int i = 0; i < ne; ++i) {
-    for (int64_t n = 0; n < N; ++n) dA_part[(b * E + e0 + i) * N + n] = dA[n][i];
-    dD_part[b * E + e0 + i] = dD[i];
-    dbias_part[b * E + e0 + i] = dbias[i];
+  for (int i = 0; i < blk.ne; ++i) {
+    for (int64_t n = 0; n < N; ++n) dA_part[(b * E + blk.e0 + i) * N + n] = sc.dA[n][i];
+    dD_part[b * E + blk.e0 + i] = dD[i];
+    dbias_part[b * E + blk.e0 + i] = dbias[i];
   }
 }
 
@@ -248,6 +297,8 @@ ScanInputs<T> make_inputs(const at::Tensor& u, const at::Tensor& delta, const at
 
 int64_t num_blocks(int64_t E, int64_t lanes) { return (E + lanes - 1) / lanes; }
 
+constexpr int64_t kTasks = 32;
+
 at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                     const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
                     const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& gap,
@@ -259,6 +310,7 @@ at::Tensor scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tens
     const int64_t blocks = num_blocks(in.E, lanes<scalar_t>());
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, in.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+      const FlushDenormals ftz;
       Scratch<scalar_t> sc(in.length, in.N, false);
       for (int64_t task = begin; task < end; ++task) {
         forward_block(in, task / blocks, task % blocks, sc, o);
@@ -289,15 +341,16 @@ std::vector<at::Tensor> scan_bwd(const at::Tensor& dout, const at::Tensor& u, co
     TORCH_CHECK(dout.scalar_type() == u.scalar_type(), "dout must have the input dtype");
     const Rows<T> g(dout);
     const int64_t blocks = num_blocks(E, lanes<T>());
-    // Channel groups per batch element: enough tasks to keep every thread busy.
-    const int64_t want = 4 * static_cast<int64_t>(at::get_num_threads());
-    const int64_t groups = std::min(blocks, std::max<int64_t>(1, (want + batch - 1) / batch));
+    // Channel groups per batch element: enough tasks for up to kTasks threads. Not derived from the
+    // thread count, so the dB/dC summation order, and the gradients, do not depend on it.
+    const int64_t groups = std::min(blocks, std::max<int64_t>(1, (kTasks + batch - 1) / batch));
     dB_part = at::empty({groups, batch, L, N}, opts);
     dC_part = at::empty({groups, batch, L, N}, opts);
     T *pdu = du.data_ptr<T>(), *pdd = ddelta.data_ptr<T>(), *pdz = z.has_value() ? dz.data_ptr<T>() : nullptr;
     T *pdA = dA_part.data_ptr<T>(), *pdD = dD_part.data_ptr<T>(), *pdb = dbias_part.data_ptr<T>();
     T *pdB = dB_part.data_ptr<T>(), *pdC = dC_part.data_ptr<T>();
     at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+      const FlushDenormals ftz;
       Scratch<T> sc(L, N, true);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / groups, grp = task % groups;
