@@ -49,6 +49,7 @@ CASES = [
     (2, 5, 8, 6, False, True, False, False, True, False),
     (2, 31, 40, 16, True, True, True, True, False, True),
     (2, 11, 37, 23, True, True, True, True, True, False),  # N = 16 + 4 + 2 + 1: every chunk size
+    (2, 12, 21, 8, True, True, True, True, True, True),  # N = 8: one pass with AVX2, chunked with AVX-512
 ]
 
 

@@ -46,18 +46,24 @@ struct Lane {
   int ne;
 };
 
+// Rows [t0, t1) of batch element b, all channels: row by row, so the input and output stream through
+// memory in order (walking one channel block down the rows instead makes every row a new DRAM page).
+// The K input rows of an output row are recent, so they come from L1; `zeros` stands in for padding.
 template <typename T, int K>
-void forward_task(const ConvInputs<T>& in, const Lane<T>& lane, T* out) {
-  Vec<T> w[K], win[K] = {};  // win[K - 1] is the current input, win[0] the oldest (scan order)
-  for (int k = 0; k < K; ++k) w[k] = load(in.wt + k * in.E + lane.e0, lane.ne);
-  const Vec<T> bias = in.bias ? load(in.bias + lane.e0, lane.ne) : Vec<T>{};
-  for (int64_t step = 0; step < in.L; ++step) {
-    const int64_t t = in.time(step);
-    for (int k = 0; k + 1 < K; ++k) win[k] = win[k + 1];
-    win[K - 1] = load(in.x.row(lane.b, t) + lane.e0, lane.ne);
-    Vec<T> y = bias;
-    for (int k = 0; k < K; ++k) y += w[k] * win[k];
-    store(out + (lane.b * in.L + t) * in.E + lane.e0, in.silu ? y * sigmoid(y) : y, lane.ne);
+void forward_rows(const ConvInputs<T>& in, int64_t b, int64_t t0, int64_t t1, const T* zeros, T* out) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const T* rows[K];
+    for (int k = 0; k < K; ++k) {
+      const int64_t s = in.reverse ? t + (K - 1 - k) : t - (K - 1) + k;
+      rows[k] = s >= 0 && s < in.L ? in.x.row(b, s) : zeros;
+    }
+    T* o = out + (b * in.L + t) * in.E;
+    for (int64_t e0 = 0; e0 < in.E; e0 += lanes<T>()) {
+      const int ne = static_cast<int>(std::min<int64_t>(lanes<T>(), in.E - e0));
+      Vec<T> y = in.bias ? load(in.bias + e0, ne) : Vec<T>{};
+      for (int k = 0; k < K; ++k) y += load(in.wt + k * in.E + e0, ne) * load(rows[k] + e0, ne);
+      store(o + e0, in.silu ? y * sigmoid(y) : y, ne);
+    }
   }
 }
 
@@ -153,16 +159,27 @@ void for_each_lane(int64_t batch, int64_t E, F&& f) {
   });
 }
 
+constexpr int64_t kRowsPerTask = 16;
+
 at::Tensor conv_fwd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                     bool silu, bool reverse) {
   const at::Tensor wt = transposed_weight(x, weight);
   at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const at::Tensor zeros = at::zeros({x.size(2)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mambatr_conv_fwd", [&] {
     using T = scalar_t;
     const auto in = make_inputs<T>(x, wt, bias, silu, reverse);
     T* o = out.data_ptr<T>();
+    const T* z = zeros.data_ptr<T>();
+    const int64_t chunks = (in.L + kRowsPerTask - 1) / kRowsPerTask;
     with_taps(in.K, [&](auto taps) {
-      for_each_lane<T>(in.batch, in.E, [&](const Lane<T>& lane) { forward_task<T, decltype(taps)::value>(in, lane, o); });
+      at::parallel_for(0, in.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+        const FlushDenormals ftz;
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t b = task / chunks, t0 = (task % chunks) * kRowsPerTask;
+          forward_rows<T, decltype(taps)::value>(in, b, t0, std::min(in.L, t0 + kRowsPerTask), z, o);
+        }
+      });
     });
   });
   return out;

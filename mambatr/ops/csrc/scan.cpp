@@ -69,9 +69,16 @@ struct Scratch {
         dA(backward ? N : 0), dB(backward ? L * N : 0), dC(backward ? L * N : 0) {}
 };
 
-// One block of channels [e0, e0 + ne) of batch element b: its scaled A columns, per-channel parameters,
-// and the per-step pass that needs no state (softplus and the gap term are computed here, off the
-// recurrence's critical path).
+// What step `step` contributes before any state is involved: delta after bias and softplus (dt), its
+// derivative (dt_grad), the decay exponent a = dt + gap * dt_prev (the pruned positions decay with the
+// previous token's delta), dt * u, and the skip term D * u.
+template <typename T>
+struct StepInputs {
+  Vec<T> dt, dt_grad, a, dtu, skip;
+};
+
+// One block of channels [e0, e0 + ne) of batch element b: its A columns (scaled for Decay<T>::exp) and
+// per-channel parameters as vectors.
 template <typename T>
 struct Block {
   const ScanInputs<T>& in;
@@ -89,64 +96,101 @@ struct Block {
     }
     D = in.D ? load(in.D + e0, ne) : Vec<T>{};
     bias = in.bias ? load(in.bias + e0, ne) : Vec<T>{};
-    for (int64_t step = 0; step < in.length; ++step) {
-      const int64_t t = in.time(step);
-      const Vec<T> u = load(in.u.row(b, t) + e0, ne);
-      const Vec<T> raw = load(in.delta.row(b, t) + e0, ne) + bias;
-      if (in.softplus) {
-        softplus(raw, sc.dt[step], sc.dt_grad[step]);
-      } else {
-        sc.dt[step] = raw;
-        sc.dt_grad[step] = bcast(T(1));
-      }
-      // a_t = dt_t + gap_t * dt_prev: the pruned positions decay with the previous token's delta.
-      sc.a[step] = in.gap && step ? sc.dt[step] + in.gap_at(b, t) * sc.dt[step - 1] : sc.dt[step];
-      sc.dtu[step] = sc.dt[step] * u;
-      sc.y[step] = D * u;
-    }
   }
 
   Vec<T> row(const Rows<T>& rows, int64_t step) const { return load(rows.row(b, in.time(step)) + e0, ne); }
   T* out_row(T* base, int64_t step) const { return base + (b * in.length + in.time(step)) * in.E + e0; }
+
+  // `prev_dt` is the previous step's dt (ignored at step 0); `with_grad` also computes dt_grad.
+  StepInputs<T> step_inputs(int64_t step, Vec<T> prev_dt, bool with_grad) const {
+    StepInputs<T> x{};
+    const Vec<T> u = row(in.u, step);
+    const Vec<T> raw = row(in.delta, step) + bias;
+    if (!in.softplus) {
+      x.dt = raw;
+      x.dt_grad = bcast(T(1));
+    } else if (with_grad) {
+      softplus(raw, x.dt, x.dt_grad);
+    } else {
+      x.dt = softplus_value(raw);
+    }
+    x.a = in.gap && step ? x.dt + in.gap_at(b, in.time(step)) * prev_dt : x.dt;
+    x.dtu = x.dt * u;
+    x.skip = D * u;
+    return x;
+  }
+
+  // The step inputs of the whole sequence into the scratch buffers, y starting at the skip term.
+  void fill(Scratch<T>& sc, bool with_grad) const {
+    Vec<T> prev{};
+    for (int64_t step = 0; step < in.length; ++step) {
+      const StepInputs<T> x = step_inputs(step, prev, with_grad);
+      sc.dt[step] = prev = x.dt;
+      sc.dt_grad[step] = x.dt_grad;
+      sc.a[step] = x.a;
+      sc.dtu[step] = x.dtu;
+      sc.y[step] = x.skip;
+    }
+  }
+
+  Vec<T> gate(Vec<T> y, int64_t step) const {
+    if (!in.has_z) return y;
+    const Vec<T> z = row(in.z, step);
+    return y * z * sigmoid(z);
+  }
 };
 
-// Forward over the sequence for states [n0, n0 + C): s = exp(a A) s + dt u B, y += <s, C>.
+// s = exp(a A) s + dt u B for the C states in registers; returns <s, C>.
+template <typename T, int C>
+inline Vec<T> update_states(Vec<T> (&s)[C], const Vec<T>* A, Vec<T> a, Vec<T> dtu, const T* Bt, const T* Ct) {
+  Vec<T> y0{}, y1{};  // two accumulators halve the dependency chain of the sum over states
+#pragma GCC unroll 16
+  for (int j = 0; j < C; ++j) {
+    s[j] = Decay<T>::exp(a * A[j]) * s[j] + dtu * Bt[j];
+    if (j % 2) {
+      y1 += s[j] * Ct[j];
+    } else {
+      y0 += s[j] * Ct[j];
+    }
+  }
+  return y0 + y1;
+}
+
+// Forward over the sequence for states [n0, n0 + C), the step inputs read from scratch; adds to sc.y.
 template <typename T, int C>
 void forward_chunk(const Block<T>& blk, int64_t n0, Scratch<T>& sc) {
   const ScanInputs<T>& in = blk.in;
-  const Vec<T>* A = sc.A.data() + n0;
   Vec<T> s[C] = {};
   for (int64_t step = 0; step < in.length; ++step) {
     const int64_t t = in.time(step);
-    const T* Bt = in.B.row(blk.b, t) + n0;
-    const T* Ct = in.C.row(blk.b, t) + n0;
-    const Vec<T> a = sc.a[step], dtu = sc.dtu[step];
-    Vec<T> y0{}, y1{};  // two accumulators halve the dependency chain of the sum over states
-#pragma GCC unroll 16
-    for (int j = 0; j < C; ++j) {
-      s[j] = Decay<T>::exp(a * A[j]) * s[j] + dtu * Bt[j];
-      if (j % 2) {
-        y1 += s[j] * Ct[j];
-      } else {
-        y0 += s[j] * Ct[j];
-      }
-    }
-    sc.y[step] += y0 + y1;
+    sc.y[step] += update_states<T, C>(s, sc.A.data() + n0, sc.a[step], sc.dtu[step], in.B.row(blk.b, t) + n0,
+                                      in.C.row(blk.b, t) + n0);
+  }
+}
+
+// The whole forward in one pass over the sequence when all N states fit in registers (N == kChunk):
+// no scratch traffic at all.
+template <typename T>
+void forward_fused(const Block<T>& blk, const Scratch<T>& sc, T* out) {
+  const ScanInputs<T>& in = blk.in;
+  Vec<T> s[kChunk] = {}, prev{};
+  for (int64_t step = 0; step < in.length; ++step) {
+    const int64_t t = in.time(step);
+    const StepInputs<T> x = blk.step_inputs(step, prev, false);
+    prev = x.dt;
+    const Vec<T> y = x.skip + update_states<T, kChunk>(s, sc.A.data(), x.a, x.dtu, in.B.row(blk.b, t),
+                                                       in.C.row(blk.b, t));
+    store(blk.out_row(out, step), blk.gate(y, step), blk.ne);
   }
 }
 
 template <typename T>
 void forward_block(const ScanInputs<T>& in, int64_t b, int64_t block, Scratch<T>& sc, T* out) {
   const Block<T> blk(in, b, block, sc);
+  if (in.N == kChunk) return forward_fused(blk, sc, out);
+  blk.fill(sc, false);
   for_each_chunk<kChunk>(in.N, 0, [&](auto c, int64_t n0) { forward_chunk<T, decltype(c)::value>(blk, n0, sc); });
-  for (int64_t step = 0; step < in.length; ++step) {
-    Vec<T> y = sc.y[step];
-    if (in.has_z) {
-      const Vec<T> z = blk.row(in.z, step);
-      y *= z * sigmoid(z);
-    }
-    store(blk.out_row(out, step), y, blk.ne);
-  }
+  for (int64_t step = 0; step < in.length; ++step) store(blk.out_row(out, step), blk.gate(sc.y[step], step), blk.ne);
 }
 
 // Backward for states [n0, n0 + C): recompute the chunk's states and decays in scan order (adding to y,
@@ -211,6 +255,7 @@ void backward_block(const ScanInputs<T>& in, const Rows<T>& dout, int64_t b, int
                     T* du, T* ddelta, T* dz, T* dA_part, T* dD_part, T* dbias_part) {
   const int64_t L = in.length, N = in.N, E = in.E;
   const Block<T> blk(in, b, block, sc);
+  blk.fill(sc, true);
   for (int64_t step = 0; step < L; ++step) {
     Vec<T> dy = blk.row(dout, step);
     if (in.has_z) {
