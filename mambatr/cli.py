@@ -204,6 +204,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         threads=args.threads,
         augment=not args.no_augment,
         device=args.device,
+        random_resized_crop=args.random_resized_crop,
+        random_erasing=args.random_erasing,
+        mixup=args.mixup,
+        cutmix=args.cutmix,
+        mixup_prob=args.mixup_prob,
+        mixup_switch_prob=args.mixup_switch_prob,
+        drop_path=args.drop_path,
+        init_from=args.init_from,
     )
     result = train(
         recipe,
@@ -425,6 +433,28 @@ def cmd_viz(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_probe(args: argparse.Namespace) -> None:
+    """Fragility probe: top-1 after dropping N patch tokens after block k, random vs background-first."""
+    from mambatr.data.tasks import TESTBEDS
+    from mambatr.probe import parse_ints, probe_table, run_probe
+
+    dataset = model_entry(args.model).dataset
+    if dataset not in TESTBEDS:
+        raise ValueError(f"probe runs on the Fashion-MNIST testbeds; {args.model} evaluates on {dataset}")
+    after, remove = parse_ints(args.after, "--after"), parse_ints(args.remove, "--remove")
+    torch.set_num_threads(args.threads)
+    model = _load_model(args).to(args.device)
+    images, labels = TESTBEDS[dataset].load("test", args.data)
+    images, labels = images[: args.limit], labels[: args.limit]
+    result = run_probe(
+        model, images, labels, TESTBEDS[dataset].to_input, after, remove, args.seeds, args.batch_size
+    )
+    if args.json:
+        print(json.dumps({"model": args.model, **result}, indent=2))
+    else:
+        print(probe_table(args.model, result))
+
+
 def _add_video_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video models (Kinetics-style frame folders)")
     group.add_argument(
@@ -479,6 +509,53 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--threads", type=int, default=torch.get_num_threads())
     training.add_argument("--no-augment", action="store_true", help="no random shift / flip")
+    recipe = training.add_argument_group(
+        "official Vim / DeiT recipe options (default: off; hustvl/Vim main.py values in brackets)"
+    )
+    recipe.add_argument(
+        "--random-resized-crop",
+        type=float,
+        default=Recipe.random_resized_crop,
+        metavar="MIN_SCALE",
+        help="crop of MIN_SCALE..1 of the area, aspect 3/4..4/3, resized back (bilinear), after the shift / "
+        "flip; e.g. 0.35 at 28x28 [ImageNet: 0.08; DeiT uses a padded crop below 32 px]",
+    )
+    recipe.add_argument(
+        "--random-erasing",
+        type=float,
+        default=Recipe.random_erasing,
+        metavar="P",
+        help="probability of erasing one rectangle (2 %% to 1/3 of the area, aspect 0.3..3.3) with normal "
+        "noise, timm's 'pixel' mode [0.25]",
+    )
+    recipe.add_argument(
+        "--mixup", type=float, default=Recipe.mixup, metavar="ALPHA", help="mixup alpha [0.8]"
+    )
+    recipe.add_argument(
+        "--cutmix", type=float, default=Recipe.cutmix, metavar="ALPHA", help="cutmix alpha [1.0]"
+    )
+    recipe.add_argument(
+        "--mixup-prob", type=float, default=Recipe.mixup_prob, help="probability of mixing a batch [1.0]"
+    )
+    recipe.add_argument(
+        "--mixup-switch-prob",
+        type=float,
+        default=Recipe.mixup_switch_prob,
+        help="probability of cutmix instead of mixup when both are on [0.5]",
+    )
+    recipe.add_argument(
+        "--drop-path",
+        type=float,
+        default=Recipe.drop_path,
+        metavar="RATE",
+        help="stochastic depth, rising linearly over the blocks to RATE (Vim / VideoMamba) [0.1]",
+    )
+    recipe.add_argument(
+        "--init-from",
+        metavar="MODEL_OR_FILE",
+        help="start from a model's shipped weights or a checkpoint: position embedding resampled (bicubic), "
+        "patch embedding PI-resized (FlexiViT), e.g. --model vim_fmnist_p2 --init-from vim_fmnist",
+    )
     training.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     training.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
     training.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
@@ -524,6 +601,29 @@ def build_parser() -> argparse.ArgumentParser:
     viz.add_argument("--out", default="runs/viz.png")
     _add_reduction_args(viz)
     viz.set_defaults(run=cmd_viz)
+
+    probe = commands.add_parser(
+        "probe", help="top-1 after dropping N patch tokens after block k: random vs background-first"
+    )
+    _add_model_args(probe)
+    probe.add_argument("--checkpoint", help="weights file; default: the model's shipped weights")
+    probe.add_argument("--data", help="Fashion-MNIST directory")
+    probe.add_argument(
+        "--after",
+        help="comma-separated 0-indexed blocks to drop tokens after (default: after 1/6, 1/2 and 5/6 of the "
+        "depth, never the last block: 2,6,10 for depth 12, 1,4,6 for depth 8)",
+    )
+    probe.add_argument(
+        "--remove",
+        help="comma-separated numbers of patch tokens to drop (default: about 10 %% and 20 %% of the patch "
+        "tokens: 5,10 of 49, 20,39 of 196)",
+    )
+    probe.add_argument("--seeds", type=int, default=3, help="random orders averaged per row")
+    probe.add_argument("--limit", type=int, help="use only the first N test images")
+    probe.add_argument("--batch-size", type=int, default=256)
+    probe.add_argument("--threads", type=int, default=torch.get_num_threads())
+    probe.add_argument("--device", default="cpu", help="cpu or cuda")
+    probe.set_defaults(run=cmd_probe)
 
     demo = commands.add_parser("demo", help="the shipped vim_fmnist model on Fashion-MNIST: a results table")
     demo.add_argument("--data", help="Fashion-MNIST directory")

@@ -1,7 +1,9 @@
 """Train a testbed model (Fashion-MNIST images or clips) on the CPU or a GPU, resumably and reproducibly.
 
 The recipe (all hyper-parameters) is stored in every checkpoint and in the exported JSON, so the
-shipped weights can be reproduced with ``mambatr train`` and the same arguments.
+shipped weights can be reproduced with ``mambatr train`` and the same arguments. The options of the
+official Vim / DeiT recipe (random-resized crop, random erasing, mixup / cutmix, stochastic depth) and
+``init_from`` default to off, so recipes stored before they existed mean the same run.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from torch import nn
 from tqdm import tqdm
 
-from mambatr.data.tasks import testbed
+from mambatr.data.deit_augment import (
+    mix_batch,
+    random_erasing,
+    random_resized_crop,
+    soft_target_cross_entropy,
+)
+from mambatr.data.tasks import Testbed, testbed
 from mambatr.evaluate import evaluate_tensors
 from mambatr.models import create_model, model_entry
+from mambatr.models.checkpoint import load_into, pi_resize_patch_embed, read_state_dict
 
 
 @dataclass
@@ -39,6 +49,32 @@ class Recipe:
     train_split: str = "train"  # 55k images; "val" (5k) is held out for model selection
     device: str = "cpu"  # "cuda" trains on a GPU with the same recipe
     model_overrides: dict = field(default_factory=dict)  # architecture changes (create_model overrides)
+    # the official Vim / DeiT regularisation (mambatr.data.deit_augment); 0 is off
+    random_resized_crop: float = 0.0  # smallest crop scale (crop of scale..1, resized back), after shift/flip
+    random_erasing: float = 0.0  # probability (timm "pixel" mode; official Vim 0.25)
+    mixup: float = 0.0  # mixup alpha (official 0.8)
+    cutmix: float = 0.0  # cutmix alpha (official 1.0)
+    mixup_prob: float = 1.0  # probability of mixing a batch when mixup or cutmix is on
+    mixup_switch_prob: float = 0.5  # probability of cutmix rather than mixup when both are on
+    drop_path: float = 0.0  # stochastic depth rate of the last block (official 0.1); Vim / VideoMamba only
+    init_from: str | None = None  # start from a model name's shipped weights or a checkpoint file
+
+    def __post_init__(self) -> None:
+        probabilities = ("random_erasing", "mixup_prob", "mixup_switch_prob")
+        bad = [name for name in probabilities if not 0.0 <= getattr(self, name) <= 1.0]
+        bad += [name for name in ("mixup", "cutmix") if getattr(self, name) < 0.0]
+        bad += [] if 0.0 <= self.random_resized_crop <= 1.0 else ["random_resized_crop"]
+        bad += [] if 0.0 <= self.drop_path < 1.0 else ["drop_path"]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)}" for name in bad)
+            raise ValueError(
+                f"invalid recipe: {values} (probabilities and crop scale in [0, 1], drop_path in [0, 1), "
+                "alphas >= 0)"
+            )
+
+    @property
+    def mixes(self) -> bool:
+        return self.mixup > 0.0 or self.cutmix > 0.0
 
 
 def lr_at(step: int, total: int, warmup: int, recipe: Recipe) -> float:
@@ -49,6 +85,39 @@ def lr_at(step: int, total: int, warmup: int, recipe: Recipe) -> float:
     return recipe.min_lr + 0.5 * (recipe.lr - recipe.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def stored_recipe(recipe: dict) -> dict:
+    """A checkpoint's recipe with the fields added since it was written at their defaults (off)."""
+    return {**asdict(Recipe()), **recipe}
+
+
+def init_from(model: nn.Module, source: str) -> None:
+    """Load another model's weights into ``model``: a registered model's shipped weights or a file.
+
+    Tensors of the same shape are copied; the absolute position embedding is resampled bicubically to
+    the model's grid with the class-token row kept (the backbone's ``adapt_state_dict``, as for official
+    checkpoints at another image size) and the patch embedding resized with FlexiViT's PI-resize
+    (``pi_resize_patch_embed``): ``vim_fmnist`` (patch 4) starts ``vim_fmnist_p2`` (patch 2). Anything
+    else that differs fails the strict load, naming the keys.
+    """
+    path = Path(source)
+    if not path.is_file():
+        try:
+            weights = model_entry(source).weights
+        except KeyError:
+            raise ValueError(f"init_from {source!r}: neither a file nor a registered model") from None
+        if weights is None:
+            raise ValueError(f"init_from {source!r}: the model has no shipped weights")
+        path = weights
+    state_dict = model.adapt_state_dict(read_state_dict(path))
+    expected = model.state_dict()
+    for key, value in state_dict.items():
+        target = expected.get(key)
+        kernel = key.startswith("patch_embed.") and value.ndim >= 4 and target is not None
+        if kernel and value.shape != target.shape and value.shape[:-2] == target.shape[:-2]:
+            state_dict[key] = pi_resize_patch_embed(value, target.shape[-1])
+    load_into(model, state_dict, source=str(source))
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on norms, biases, embeddings, A_log and D (as the official Vim recipe)."""
     decay, no_decay = [], []
@@ -56,6 +125,28 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         skip = param.ndim <= 1 or name.endswith(("pos_embed", "cls_token", "A_log", "A_b_log", ".D", ".D_b"))
         (no_decay if skip else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def augmented_batch(
+    recipe: Recipe, data: Testbed, samples: torch.Tensor, labels: torch.Tensor, step: int, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(model input, labels, soft targets or None) of one training step; every random draw comes from
+    one generator seeded with (seed, step), in a fixed order: shift / flip, crop, erasing, mixing."""
+    generator = torch.Generator().manual_seed(recipe.seed * 7919 + step)
+    if recipe.augment:
+        samples = data.augment(samples, generator)
+    inputs = data.to_input(samples)
+    if recipe.random_resized_crop:
+        inputs = random_resized_crop(inputs, generator, recipe.random_resized_crop)
+    if recipe.random_erasing:
+        inputs = random_erasing(inputs, generator, recipe.random_erasing)
+    if not recipe.mixes:
+        return inputs, labels, None
+    inputs, soft = mix_batch(
+        inputs, labels, generator, num_classes, recipe.mixup, recipe.cutmix, recipe.mixup_prob,
+        recipe.mixup_switch_prob, recipe.label_smoothing,
+    )  # fmt: skip
+    return inputs, labels, soft
 
 
 def train(
@@ -76,7 +167,16 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     device = torch.device(recipe.device)
-    model = create_model(recipe.model, **recipe.model_overrides).to(device)
+    overrides = dict(recipe.model_overrides)
+    if recipe.drop_path:
+        overrides["drop_path_rate"] = recipe.drop_path
+    try:
+        model = create_model(recipe.model, **overrides)
+    except TypeError as error:  # a field the architecture lacks, e.g. drop_path_rate on PlainMamba
+        raise ValueError(f"{recipe.model}: {error}") from error
+    if recipe.init_from is not None and not resume:
+        init_from(model, recipe.init_from)
+    model = model.to(device)
     data = testbed(model_entry(recipe.model).dataset)
     images, labels = data.load(recipe.train_split, data_root)
     val_images, val_labels = data.load("val", data_root)
@@ -93,7 +193,7 @@ def train(
         if not checkpoint_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state["recipe"] != asdict(recipe):
+        if stored_recipe(state["recipe"]) != asdict(recipe):
             raise ValueError(f"--resume: recipe differs from the checkpoint's {state['recipe']}")
         model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         optimizer.load_state_dict(state["optimizer"])
@@ -124,14 +224,19 @@ def train(
         seen = correct = loss_sum = 0
         for batch_index in bar:
             index = order[batch_index * recipe.batch_size : (batch_index + 1) * recipe.batch_size]
-            batch = images[index]
-            if recipe.augment:
-                batch = data.augment(batch, torch.Generator().manual_seed(recipe.seed * 7919 + step))
-            target = labels[index].to(device)
+            inputs, target, soft_target = augmented_batch(
+                recipe, data, images[index], labels[index], step, model.config.num_classes
+            )
+            target = target.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, recipe)
-            logits = model(data.to_input(batch).to(device))
-            loss = F.cross_entropy(logits, target, label_smoothing=recipe.label_smoothing)
+            if recipe.drop_path:  # drop path draws from the global RNG: a per-step seed keeps --resume exact
+                torch.manual_seed(recipe.seed * 7919 + step)
+            logits = model(inputs.to(device))
+            if soft_target is None:
+                loss = F.cross_entropy(logits, target, label_smoothing=recipe.label_smoothing)
+            else:
+                loss = soft_target_cross_entropy(logits, soft_target.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)

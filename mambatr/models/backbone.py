@@ -115,6 +115,26 @@ def init_dt_proj(dt_proj: nn.Linear, rank: int, dt_min: float = 1e-3, dt_max: fl
         dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
 
 
+class DropPath(nn.Module):
+    """Stochastic depth (timm's ``DropPath``, as the official Vim blocks use it): in training, each
+    sample's branch is zeroed with probability ``rate`` and kept ones are scaled by 1 / (1 - rate);
+    the identity in eval or at rate 0. No parameters, so state dicts are unchanged."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:g}"
+
+
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     """The residual stream's dtype: float32 (official ``residual_in_fp32``), or float64 for float64 models."""
     return torch.float64 if dtype == torch.float64 else torch.float32

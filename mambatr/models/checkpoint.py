@@ -81,6 +81,27 @@ def resample_pos_embed(
     return rows[None]
 
 
+def pi_resize_patch_embed(weight: torch.Tensor, size: int) -> torch.Tensor:
+    """FlexiViT's PI-resize of a patch-embedding kernel (..., p, p) to (..., size, size).
+
+    With B the bilinear resize (``align_corners=False``, no antialiasing, as big_vision's
+    ``resample_patchemb``) of a p x p patch to size x size, the new kernel is w' = pinv(B^T) w: then
+    <x, w> = <B x, w'> for every patch x when size >= p, and it is the least-squares solution otherwise
+    (for p = 2 * size, the sum of each 2 x 2 block of w).
+    """
+    old = weight.shape[-1]
+    if weight.shape[-2] != old:
+        raise CheckpointError(f"PI-resize needs a square patch kernel, got {tuple(weight.shape)}")
+    if size == old:
+        return weight
+    basis = torch.eye(old * old, dtype=torch.float64).reshape(old * old, 1, old, old)
+    resize = F.interpolate(basis, size=(size, size), mode="bilinear", align_corners=False)
+    resize = resize.reshape(old * old, size * size).T  # B: (size^2, old^2), column i = resize(e_i)
+    flat = weight.reshape(-1, old * old).to(torch.float64)
+    resized = flat @ torch.linalg.pinv(resize.T).T
+    return resized.reshape(*weight.shape[:-2], size, size).to(weight.dtype)
+
+
 def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Strictly load ``state_dict``; raise CheckpointError naming every missing, extra or misshaped key."""
     expected = model.state_dict()

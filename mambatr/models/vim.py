@@ -20,6 +20,7 @@ from torch import nn
 from mambatr.models.backbone import (
     BlockInternals,
     BranchInternals,
+    DropPath,
     Gaps,
     MambaConfigMixin,
     ReducibleBackbone,
@@ -62,6 +63,9 @@ class VimConfig(MambaConfigMixin):
     cls_position: ClsPosition = "middle"
     divide_output: bool = True  # Vim's "div2": out_proj((y_f + y_b) / 2)
     norm_eps: float = 1e-5
+    # stochastic depth at training (official --drop-path): block i's output is dropped with a rate rising
+    # linearly from 0 to this over the blocks; the identity in eval
+    drop_path_rate: float = 0.0
     extra: dict = field(default_factory=dict, compare=False)  # free-form metadata (e.g. training recipe)
 
     def __post_init__(self) -> None:
@@ -76,6 +80,7 @@ class VimConfig(MambaConfigMixin):
             "d_state": self.d_state > 0,
             "expand": self.expand > 0,
             "d_conv": self.d_conv > 0,
+            "drop_path_rate": 0.0 <= self.drop_path_rate < 1.0,
         }
         self._check_fields(checks)
         if self.cls_position not in ("middle", "first", "none"):
@@ -224,12 +229,15 @@ class BiMambaMixer(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: residual += hidden; hidden = mixer(norm(residual))."""
+    """Pre-norm residual block: residual += drop_path(hidden); hidden = mixer(norm(residual)).
 
-    def __init__(self, config: VimConfig) -> None:
+    ``drop_path`` is the rate for the incoming hidden, the previous block's output (official Vim)."""
+
+    def __init__(self, config: VimConfig, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm = RMSNorm(config.embed_dim, eps=config.norm_eps)
         self.mixer = BiMambaMixer(config)
+        self.drop_path = DropPath(drop_path)
 
     def forward(
         self,
@@ -239,7 +247,7 @@ class Block(nn.Module):
         capture: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, BlockInternals | None]:
         acc = accumulate_dtype(self.norm.weight.dtype)
-        residual = hidden.to(acc) if residual is None else residual + hidden.to(acc)
+        residual = hidden.to(acc) if residual is None else residual + self.drop_path(hidden).to(acc)
         hidden, branches = self.mixer(
             self.norm(residual.to(self.norm.weight.dtype)), gaps=gaps, capture=capture
         )
@@ -259,7 +267,11 @@ class VisionMamba(ReducibleBackbone):
         if config.has_cls:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.seq_len, d))
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.depth))
+        # official stochastic-depth rule: block i drops block i-1's output at rate linspace(0, r, depth)[i-1],
+        # the final add drops the last block's output at rate r
+        rates = [0.0, *torch.linspace(0, config.drop_path_rate, config.depth, device="cpu").tolist()]
+        self.layers = nn.ModuleList(Block(config, rates[i]) for i in range(config.depth))
+        self.drop_path = DropPath(config.drop_path_rate)
         self.norm_f = RMSNorm(d, eps=config.norm_eps)
         self.head = nn.Linear(d, config.num_classes)
         self.reset_parameters()
@@ -299,6 +311,7 @@ class VisionMamba(ReducibleBackbone):
 
     def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, state) -> torch.Tensor:
         """Final add + norm, then each image's class token (or the size-weighted token mean without one)."""
+        hidden = self.drop_path(hidden)
         features = rms_norm(residual + hidden.to(residual.dtype), self.norm_f.weight, self.norm_f.eps)
         return readout(features, state)
 
