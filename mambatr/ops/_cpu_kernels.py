@@ -4,7 +4,10 @@ The extension is compiled with ``torch.utils.cpp_extension.load`` into torch's e
 (``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``) and registers its ops as
 ``torch.ops.mambatr.*``. It is compiled for the host CPU (-march=native), so the build name carries a
 hash of the CPU's feature flags: a cache shared between different machines never loads a binary
-built for another instruction set.
+built for another instruction set. ``$MAMBATR_CPU_MARCH`` (e.g. ``haswell`` for AVX2 without AVX-512)
+builds for another target under its own name: a portable build, or a test of the AVX2 code path on an
+AVX-512 machine. It is compiled with OpenMP, linked against the runtime torch already loaded, so
+``at::parallel_for`` spreads the kernels over torch's intra-op threads.
 """
 
 from __future__ import annotations
@@ -21,8 +24,7 @@ import torch
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("scan.cpp", "conv.cpp", "parallel.cpp")
-CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall"]
-# Links the OpenMP runtime torch already loaded (libgomp.so.1), so at::parallel_for runs on torch's threads.
+MARCH_ENV = "MAMBATR_CPU_MARCH"
 LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
@@ -43,8 +45,22 @@ def _cpu_tag() -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
+def march() -> str:
+    """The -march target: $MAMBATR_CPU_MARCH, else native."""
+    value = os.environ.get(MARCH_ENV, "").strip() or "native"
+    if not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"${MARCH_ENV}={value!r} is not a -march name (e.g. native, haswell, x86-64-v3)")
+    return value
+
+
+def cflags() -> list[str]:
+    return ["-O3", f"-march={march()}", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall"]
+
+
 def extension_name() -> str:
-    return f"mambatr_cpu_{_cpu_tag()}"
+    target = march()
+    suffix = "" if target == "native" else "_" + "".join(c if c.isalnum() else "_" for c in target)
+    return f"mambatr_cpu_{_cpu_tag()}{suffix}"
 
 
 def build_dir() -> Path:
@@ -82,7 +98,7 @@ def load(verbose: bool = False) -> str:
             path = cpp_extension.load(
                 name=extension_name(),
                 sources=[str(CSRC / s) for s in SOURCES],
-                extra_cflags=CFLAGS,
+                extra_cflags=cflags(),
                 extra_ldflags=LDFLAGS,
                 extra_include_paths=[str(CSRC)],
                 is_python_module=False,
