@@ -1,18 +1,28 @@
-"""Build and load the C++ CPU kernels (selective scan, causal conv) on first use.
+"""Build and load the C++ CPU kernels (selective scan, causal conv); they register ``torch.ops.mambatr.*``.
 
-The extension is compiled with ``torch.utils.cpp_extension.load`` into torch's extensions cache
-(``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``) and registers its ops as
-``torch.ops.mambatr.*``. It is compiled for the host CPU (-march=native), so the build name carries a
-hash of the CPU's feature flags: a cache shared between different machines never loads a binary
-built for another instruction set. ``$MAMBATR_CPU_MARCH`` (e.g. ``haswell`` for AVX2 without AVX-512)
-builds for another target under its own name: a portable build, or a test of the AVX2 code path on an
-AVX-512 machine. It is compiled with OpenMP, linked against the runtime torch already loaded, so
-``at::parallel_for`` spreads the kernels over torch's intra-op threads.
+Two ways in, from the same sources and flags:
+
+* **Installed** (what ``scripts/setup.sh`` does): ``pip install --no-build-isolation [-e] .`` compiles them
+  with setup.py's ``CppExtension`` into the package, as ``mambatr/ops/_kernels*.so`` plus
+  ``_kernels.json`` (the -march target, the CPU and the torch version it was built for). ``load()`` uses
+  that library when it fits this machine, this torch and ``$MAMBATR_CPU_MARCH``: nothing compiles at
+  run time.
+* **Built on first use** otherwise, with ``torch.utils.cpp_extension.load``, into a folder unique to
+  this installation (``$MAMBATR_KERNELS_DIR`` or ``~/.cache/mambatr/kernels``, then a hash of the
+  package folder, the Python environment, torch and the target), so two virtual environments or two
+  clones never share a build, never rebuild each other's, and never wait on each other's lock.
+
+The default target is the host CPU (-march=native), and the name carries a hash of the CPU's feature
+flags, so a binary built for another instruction set is never loaded. ``$MAMBATR_CPU_MARCH`` (e.g.
+``haswell`` for AVX2 without AVX-512) builds for another target under its own name: a portable build, or
+a test of the AVX2 code path on an AVX-512 machine. The kernels are compiled with OpenMP, linked against
+the runtime torch already loaded, so ``at::parallel_for`` spreads them over torch's intra-op threads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -22,7 +32,10 @@ from pathlib import Path
 
 import torch
 
-CSRC = Path(__file__).with_name("csrc")
+HERE = Path(__file__).resolve().parent
+CSRC = HERE / "csrc"
+INSTALLED_INFO = HERE / "_kernels.json"
+KERNELS_DIR_ENV = "MAMBATR_KERNELS_DIR"
 SOURCES = ("scan.cpp", "conv.cpp", "parallel.cpp")
 MARCH_ENV = "MAMBATR_CPU_MARCH"
 LDFLAGS = ["-fopenmp"]
@@ -63,10 +76,30 @@ def extension_name() -> str:
     return f"mambatr_cpu_{_cpu_tag()}{suffix}"
 
 
-def build_dir() -> Path:
-    from torch.utils.cpp_extension import _get_build_directory
+def build_info() -> dict[str, str]:
+    """What a build is for; written beside the installed library, compared before loading it."""
+    target = march()
+    return {"march": target, "cpu": _cpu_tag() if target == "native" else "any", "torch": torch.__version__}
 
-    return Path(_get_build_directory(extension_name(), verbose=False))
+
+def installed_library() -> Path | None:
+    """The library compiled at install time, if it fits this machine, torch and $MAMBATR_CPU_MARCH."""
+    try:
+        built = json.loads(INSTALLED_INFO.read_text())
+    except (OSError, ValueError):
+        return None
+    wanted = build_info()
+    portable_ok = not os.environ.get(MARCH_ENV) and built.get("march") != "native"  # a portable install
+    if built.get("torch") != wanted["torch"] or (built != wanted and not portable_ok):
+        return None
+    return next(iter(sorted(HERE.glob("_kernels*.so"))), None)
+
+
+def build_dir() -> Path:
+    """Where this installation builds the kernels on first use (never shared with another one)."""
+    root = Path(os.environ.get(KERNELS_DIR_ENV) or Path.home() / ".cache" / "mambatr" / "kernels")
+    key = "|".join((str(HERE), sys.prefix, torch.__version__, march()))
+    return root / f"{extension_name()}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 def _missing_tools() -> list[str]:
@@ -81,7 +114,7 @@ def _missing_tools() -> list[str]:
 
 
 def load(verbose: bool = False) -> str:
-    """Compile (once per source/flag version, cached) and load the kernels; return the library path.
+    """Load the installed kernels, or compile them once (cached per installation); return the library path.
 
     Raises RuntimeError with the cause and the fixes when the build fails; never falls back silently.
     """
@@ -89,14 +122,21 @@ def load(verbose: bool = False) -> str:
     with _lock:
         if _loaded is not None:
             return _loaded
+        installed = installed_library()
+        if installed is not None:
+            torch.ops.load_library(str(installed))
+            _loaded = str(installed)
+            return _loaded
         missing = _missing_tools()
         if missing:
             raise RuntimeError(_failure(f"missing build tools: {', '.join(missing)}"))
         try:
             from torch.utils import cpp_extension
 
+            build_dir().mkdir(parents=True, exist_ok=True)
             path = cpp_extension.load(
                 name=extension_name(),
+                build_directory=str(build_dir()),
                 sources=[str(CSRC / s) for s in SOURCES],
                 extra_cflags=cflags(),
                 extra_ldflags=LDFLAGS,
@@ -114,6 +154,13 @@ def is_loaded() -> bool:
     return _loaded is not None
 
 
+def loaded_from() -> str:
+    """'installed', 'built on first use' or 'not loaded yet'."""
+    if _loaded is None:
+        return "not loaded yet"
+    return "installed" if Path(_loaded).parent == HERE else "built on first use"
+
+
 def parallel_threads(tasks: int = 64) -> int:
     """Threads the kernels' parallel loops really use now (1 if built without OpenMP)."""
     load()
@@ -124,7 +171,7 @@ def _failure(cause: str) -> str:
     return (
         f"mambatr: building the C++ CPU kernels failed ({cause}).\n"
         "Fix: install a C++ compiler and the Python headers (e.g. `apt-get install g++ python3-dev`) and "
-        "`pip install ninja`, then run `python -m mambatr.ops.build` to see the full compiler output; "
+        "`pip install ninja`, then run `python -m mambatr.ops.build --verbose` to see the compiler output; "
         'or use the slower pure-PyTorch ops explicitly: impl="torch" (or MAMBATR_OPS_IMPL=torch). '
         f"Python {sys.version.split()[0]}, torch {torch.__version__}."
     )

@@ -1,4 +1,5 @@
-"""Compile the C++ CPU kernels ahead of time: ``python -m mambatr.ops.build [--verbose]``."""
+"""Load the C++ CPU kernels, compiling them now if this installation has none that fit:
+``python -m mambatr.ops.build [--verbose]``."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         print(err, file=sys.stderr)
         return 1
-    print(f"mambatr CPU kernels ready: {path}")
-    print(f"cache directory: {_cpu_kernels.build_dir()}")
+    print(f"mambatr CPU kernels ready ({_cpu_kernels.loaded_from()}): {path}")
     return 0
 
 

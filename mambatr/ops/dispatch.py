@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -83,10 +84,11 @@ def backend_info(device: str | torch.device = "cpu") -> dict[str, str]:
             chosen = "cpu" if device.type == "cpu" else "cuda" if cuda else "torch"
         info[op] = chosen
     info["cpu_kernels"] = (
-        f"loaded ({_cpu_kernels.extension_name()}, "
+        f"{_cpu_kernels.loaded_from()} ({Path(_cpu_kernels.load()).name}, "
         f"parallel loops on {_cpu_kernels.parallel_threads()} threads)"
         if _cpu_kernels.is_loaded()
-        else f"not loaded yet (cache {_cpu_kernels.build_dir()})"
+        else f"not loaded yet (installed: {_cpu_kernels.installed_library() is not None}, "
+        f"first-use build folder {_cpu_kernels.build_dir()})"
     )
     for package in CUDA_PACKAGES.values():
         info[f"{package} (CUDA)"] = "importable" if cuda_package_available(package) else "not installed"
