@@ -2,13 +2,15 @@
 
 from mambatr.flops import count_flops
 from mambatr.models import VimConfig, VisionMamba, create_model, list_models, load_checkpoint
-from mambatr.reduction import METHODS, apply, remove
+from mambatr.reduction import METHODS, Schedule, apply, calibrate, remove
 
 __all__ = [
     "METHODS",
     "VimConfig",
+    "Schedule",
     "VisionMamba",
     "apply",
+    "calibrate",
     "count_flops",
     "create_model",
     "list_models",

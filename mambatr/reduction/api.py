@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -13,6 +14,7 @@ from mambatr.models.backbone import ReducibleBackbone
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.registry import build_method
 from mambatr.reduction.schedule import (
+    Schedule,
     check_layers,
     default_layers,
     reduced_flops,
@@ -46,7 +48,7 @@ class ReductionReport:
         return asdict(self)
 
 
-def _backbone(model: nn.Module) -> ReducibleBackbone:
+def backbone_of(model: nn.Module) -> ReducibleBackbone:
     if not isinstance(model, ReducibleBackbone):
         raise TypeError(
             "token reduction supports mambatr backbones (Vim, VideoMamba, PlainMamba), "
@@ -62,11 +64,15 @@ def apply(
     *,
     layers: Sequence[int] | None = None,
     ratio: float | None = None,
+    schedule: Schedule | str | Path | None = None,
     **options: object,
 ) -> ReductionReport:
-    """Patch ``model`` in place to reduce tokens; give a FLOPs target or the method's ratio, not both."""
-    backbone = _backbone(model)
+    """Patch ``model`` in place to reduce tokens. Give one of: a FLOPs target, the method's ratio, or a
+    ``schedule`` (a :class:`Schedule` or its JSON file, e.g. from ``mambatr calibrate``)."""
+    backbone = backbone_of(model)
     config = backbone.config
+    if schedule is not None:
+        return _apply_schedule(backbone, method, schedule, flops_reduction, layers, ratio, options)
     reducer = build_method(method, **options)
     if layers is None:
         layers = reducer.preferred_layers(config.depth) or default_layers(config.depth)
@@ -81,6 +87,44 @@ def apply(
         removals = removals_for(config, reducer, layers, ratio)
     else:
         removals = solve(config, reducer, layers, flops_reduction)
+    return _patch(backbone, method, reducer, layers, removals, flops_reduction)
+
+
+def _apply_schedule(
+    backbone: ReducibleBackbone,
+    method: str,
+    schedule: Schedule | str | Path,
+    flops_reduction: float | None,
+    layers: Sequence[int] | None,
+    ratio: float | None,
+    options: dict,
+) -> ReductionReport:
+    """A schedule fixes the layers, counts and options: anything else given beside it is refused."""
+    if not isinstance(schedule, Schedule):
+        schedule = Schedule.load(schedule)
+    given = {"flops_reduction": flops_reduction, "layers": layers, "ratio": ratio}
+    extra = [name for name, value in given.items() if value is not None]
+    if extra or options:
+        raise ValueError(
+            f"a schedule fixes layers, counts and options; do not also give {extra + sorted(options)}"
+        )
+    if method != schedule.method:
+        raise ValueError(f"the schedule is for method {schedule.method!r}, not {method!r}")
+    schedule.check_fits(backbone.config)
+    reducer = build_method(schedule.method, **schedule.options)
+    removals = dict(sorted(schedule.removals.items()))
+    return _patch(backbone, method, reducer, list(removals), removals, schedule.flops_reduction_target)
+
+
+def _patch(
+    backbone: ReducibleBackbone,
+    method: str,
+    reducer: ReductionMethod,
+    layers: list[int],
+    removals: dict[int, int],
+    flops_reduction: float | None,
+) -> ReductionReport:
+    config = backbone.config
     report = reduced_flops(config, reducer, removals)
     dense = count_flops(config).total
     backbone.reduction = Reduction(reducer, removals) if any(removals.values()) else None
@@ -100,14 +144,14 @@ def apply(
 
 def remove(model: nn.Module) -> None:
     """Undo ``apply``: the model runs dense again."""
-    _backbone(model).reduction = None
+    backbone_of(model).reduction = None
 
 
 @contextmanager
 def intercept_reduction(model: nn.Module, wrapper: Callable[..., object]) -> Iterator[None]:
     """Route every reduction step of ``model`` through ``wrapper(reduce, state, internals, count)``
     while the context is open (timing in bench, recording in viz); a dense model is left alone."""
-    reduction = _backbone(model).reduction
+    reduction = backbone_of(model).reduction
     if reduction is None:
         yield
         return

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from mambatr.flops import FlopsReport, count_flops
 from mambatr.models.backbone import BackboneConfig
 from mambatr.reduction.base import ReductionMethod
 
 TOLERANCE = 0.005  # achieved FLOPs reduction must land within 0.5 points of the target
+MAX_FLOPS_REDUCTION = 0.9  # FLOPs targets lie in (0, MAX_FLOPS_REDUCTION)
 # Our default: reduce after four evenly spaced blocks, HSA's ViM-S schedule (after blocks 5, 10, 15, 20
 # of 24) scaled to the model's depth. The MTR paper only says reduction "can be performed at any layer".
 DEFAULT_FRACTIONS = (5 / 24, 10 / 24, 15 / 24, 20 / 24)
@@ -77,8 +81,8 @@ def solve(
     higher amount on the latest layers only, and nudges the last layer's count (its tokens are the
     cheapest), keeping the schedule closest to the target.
     """
-    if not 0.0 < target < 0.9:
-        raise ValueError(f"flops_reduction must be in (0, 0.9), got {target}")
+    if not 0.0 < target < MAX_FLOPS_REDUCTION:
+        raise ValueError(f"flops_reduction must be in (0, {MAX_FLOPS_REDUCTION}), got {target}")
     low, high = 0.0, method.max_amount
     for _ in range(40):
         middle = (low + high) / 2
@@ -102,3 +106,73 @@ def solve(
             f"(closest: {achieved:.1%}); choose other layers or a smaller target"
         )
     return best
+
+
+SCHEDULE_FORMAT = "mambatr-schedule/1"
+
+
+@dataclass
+class Schedule:
+    """A reduction schedule as data: which method, and how many tokens it removes after which block."""
+
+    model: str
+    architecture: dict  # depth, seq_len, embed_dim, has_cls: a schedule fits only this architecture
+    method: str
+    options: dict
+    removals: dict[int, int]  # block index -> tokens removed after it
+    flops_reduction_target: float
+    flops_reduction_achieved: float
+    objective: float  # mean KL(dense || reduced) on the calibration images
+    calibration: dict = field(default_factory=dict)  # images, source, step, evaluations, seconds
+    command: str = ""
+    format: str = SCHEDULE_FORMAT
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["removals"] = {str(layer): count for layer, count in sorted(self.removals.items())}
+        return data
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON atomically (a temporary file renamed), so a crash never leaves half a file."""
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schedule:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"schedule file {path} not found") from None
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path} is not a schedule JSON file ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != SCHEDULE_FORMAT:
+            raise ValueError(f"{path} is not a mambatr schedule (format {SCHEDULE_FORMAT!r} expected)")
+        known = set(cls.__dataclass_fields__)
+        data = {key: value for key, value in data.items() if key in known}
+        data["removals"] = {int(layer): int(count) for layer, count in data["removals"].items()}
+        return cls(**data)
+
+    def check_fits(self, config: BackboneConfig, model_name: str | None = None) -> None:
+        """Refuse a schedule made for another architecture (depth, tokens, width, class token)."""
+        here = architecture_of(config)
+        if here != self.architecture:
+            made_for = f"{self.model} {self.architecture}"
+            name = f"{model_name} " if model_name else ""
+            raise ValueError(f"schedule was made for {made_for}, not for this model ({name}{here})")
+        bad = [layer for layer in self.removals if not 0 <= layer < config.depth - 1]
+        if bad:
+            raise ValueError(
+                f"schedule removes tokens after blocks {bad}: out of range for depth {config.depth}"
+            )
+
+
+def architecture_of(config: BackboneConfig) -> dict:
+    return {
+        "depth": config.depth,
+        "seq_len": config.seq_len,
+        "embed_dim": config.embed_dim,
+        "has_cls": config.has_cls,
+    }

@@ -1,0 +1,173 @@
+"""Calibrated reduction schedules: where, and how many tokens, to reduce, chosen on unlabeled images.
+
+Like a quantisation calibration step: for a method and a FLOPs target, a greedy search over
+(layer, token count) keeps the reduced model's softmax closest to the dense model's on a few hundred
+calibration images (mean KL(dense || reduced); no labels are read). Each round tries adding ``step``
+tokens to the removal after every block and keeps the move that costs the least KL per point of
+FLOPs saved, until the analytic FLOPs reduction (the method's overhead included) is within 0.5 points
+of the target; a move that would overshoot is shortened to land inside. A round costs one evaluation
+per block, so a schedule costs about depth x (number of rounds) forward passes over the images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mambatr.models.backbone import BackboneConfig
+from mambatr.reduction.api import Reduction, backbone_of
+from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.registry import build_method
+from mambatr.reduction.schedule import (
+    MAX_FLOPS_REDUCTION,
+    TOLERANCE,
+    Schedule,
+    achieved_reduction,
+    architecture_of,
+)
+
+
+def mean_kl(dense_log_probs: torch.Tensor, logits: torch.Tensor) -> float:
+    """Mean over images of KL(dense || reduced), from the dense log-probabilities and reduced logits."""
+    reduced = F.log_softmax(logits.double(), dim=-1)
+    return float((dense_log_probs.exp() * (dense_log_probs - reduced)).sum(-1).mean())
+
+
+@torch.inference_mode()
+def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
+
+
+def search(
+    config: BackboneConfig,
+    method: ReductionMethod,
+    target: float,
+    objective: Callable[[dict[int, int]], float],
+    step: int,
+    progress: bool = True,
+) -> tuple[dict[int, int], float, int]:
+    """Greedy (layer, count) search; returns the removals, their objective and the evaluations spent."""
+    if not 0.0 < target < MAX_FLOPS_REDUCTION:
+        raise ValueError(f"flops_reduction must be in (0, {MAX_FLOPS_REDUCTION}), got {target}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1 token, got {step}")
+    removals: dict[int, int] = {}
+    achieved, current, evaluations = 0.0, 0.0, 0
+    bar = tqdm(total=round(100 * target, 1), desc="calibrating (FLOPs %)", disable=not progress, leave=False)
+    while achieved < target - TOLERANCE:
+        best: tuple[float, float, float, dict[int, int]] | None = None  # (cost per point, -gain, kl, trial)
+        for layer in range(config.depth - 1):
+            trial = _feasible_move(config, method, removals, layer, step, target)
+            if trial is None:
+                continue
+            gain = achieved_reduction(config, method, trial) - achieved
+            if gain <= 0:
+                continue
+            kl = objective(trial)
+            evaluations += 1
+            candidate = ((kl - current) / gain, -gain, kl, trial)
+            if best is None or candidate[:2] < best[:2]:
+                best = candidate
+        if best is None:
+            raise ValueError(
+                f"{method.name}: no schedule reaches {target:.1%} FLOPs reduction "
+                f"(stuck at {achieved:.1%}); choose a smaller target"
+            )
+        _, _, current, removals = best
+        previous, achieved = achieved, achieved_reduction(config, method, removals)
+        bar.update(round(100 * (achieved - previous), 1))
+    bar.close()
+    return removals, current, evaluations
+
+
+def _feasible_move(
+    config: BackboneConfig,
+    method: ReductionMethod,
+    removals: dict[int, int],
+    layer: int,
+    step: int,
+    target: float,
+) -> dict[int, int] | None:
+    """``removals`` with up to ``step`` more tokens removed after ``layer`` (later layers' counts cut
+    to what the method can still remove there), shortened so the FLOPs reduction stays at most 0.5
+    points above the target; None when no such move is valid."""
+    for extra in range(step, 0, -1):
+        trial = _within_limits(config, method, {**removals, layer: removals.get(layer, 0) + extra})
+        if trial.get(layer, 0) <= removals.get(layer, 0):
+            return None  # the method cannot remove more tokens after this layer
+        if achieved_reduction(config, method, trial) <= target + TOLERANCE:
+            return trial
+    return None
+
+
+def _within_limits(
+    config: BackboneConfig, method: ReductionMethod, removals: dict[int, int]
+) -> dict[int, int]:
+    """Each layer's count cut to the most the method can remove from the tokens left there."""
+    tokens, limited = config.seq_len, {}
+    for layer in sorted(removals):
+        limited[layer] = min(removals[layer], method.max_removal(tokens, config.has_cls))
+        tokens -= limited[layer]
+    return limited
+
+
+def calibrate(
+    model: nn.Module,
+    method: str,
+    flops_reduction: float,
+    images: torch.Tensor,
+    *,
+    step: int | None = None,
+    batch_size: int = 256,
+    model_name: str = "",
+    source: str = "",
+    command: str = "",
+    progress: bool = True,
+    **options: object,
+) -> Schedule:
+    """A schedule for ``method`` at ``flops_reduction`` that keeps ``model``'s outputs on ``images``
+    closest to the dense model's. ``step``: tokens added per move (default about 4 % of the tokens).
+    ``images`` only (no labels); the model is left dense."""
+    backbone = backbone_of(model)
+    config = backbone.config
+    if len(images) == 0:
+        raise ValueError("calibration needs at least one image")
+    reducer = build_method(method, **options)
+    step = step if step is not None else max(1, round(0.04 * config.seq_len))
+    start = time.perf_counter()
+    model.eval()
+    previous = backbone.reduction
+    try:
+        backbone.reduction = None
+        dense = F.log_softmax(_logits(model, images, batch_size), dim=-1)
+
+        def objective(removals: dict[int, int]) -> float:
+            backbone.reduction = Reduction(reducer, {k: v for k, v in removals.items() if v})
+            return mean_kl(dense, _logits(model, images, batch_size))
+
+        removals, kl, evaluations = search(config, reducer, flops_reduction, objective, step, progress)
+    finally:
+        backbone.reduction = previous
+    return Schedule(
+        model=model_name,
+        architecture=architecture_of(config),
+        method=method,
+        options=reducer.describe(),
+        removals={layer: count for layer, count in sorted(removals.items()) if count},
+        flops_reduction_target=flops_reduction,
+        flops_reduction_achieved=achieved_reduction(config, reducer, removals),
+        objective=kl,
+        calibration={
+            "images": len(images),
+            "source": source,
+            "step": step,
+            "evaluations": evaluations,
+            "seconds": round(time.perf_counter() - start, 1),
+        },
+        command=command,
+    )

@@ -1,0 +1,92 @@
+"""mambatr.calibrate: label-free schedules that keep the reduced model closest to the dense one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mambatr
+from mambatr.reduction.schedule import TOLERANCE, Schedule
+
+SMALL = dict(
+    img_size=28, patch_size=4, stride=4, in_chans=1, num_classes=10, embed_dim=16, depth=6, d_state=4
+)
+
+
+def tiny_model(dead_from: int | None = None, seed: int = 0) -> torch.nn.Module:
+    """A random tiny Vim; blocks from ``dead_from`` on add nothing to the residual stream (zero out_proj),
+    so tokens removed after block ``dead_from - 1`` or later cannot change the class token's output."""
+    torch.manual_seed(seed)
+    model = mambatr.create_model("vim_custom", **SMALL).eval()
+    if dead_from is not None:
+        with torch.no_grad():
+            for layer in model.layers[dead_from:]:
+                layer.mixer.out_proj.weight.zero_()
+    return model
+
+
+def images(count: int = 6, seed: int = 1) -> torch.Tensor:
+    return torch.randn(count, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def test_finds_the_schedule_known_by_construction():
+    model = tiny_model(dead_from=2)
+    schedule = mambatr.calibrate(model, "mtr", 0.3, images(), step=6, progress=False)
+    # removing after block 0 changes what block 1 computes; after block 1 or later nothing changes
+    assert 0 not in schedule.removals and schedule.removals
+    assert schedule.objective < 1e-9
+    assert abs(schedule.flops_reduction_achieved - 0.3) <= TOLERANCE
+
+
+@pytest.mark.parametrize("method", ["hsa", "tome"])
+def test_achieves_the_target_and_leaves_the_model_dense(method):
+    model = tiny_model()
+    x = images()
+    dense = model(x)
+    schedule = mambatr.calibrate(model, method, 0.2, x, step=4, progress=False)
+    assert abs(schedule.flops_reduction_achieved - 0.2) <= TOLERANCE
+    assert schedule.objective >= 0 and schedule.calibration["evaluations"] > 0
+    assert torch.equal(model(x), dense)
+
+
+def test_apply_schedule_then_remove_restores_exact_logits(tmp_path):
+    model = tiny_model()
+    x = images()
+    dense = model(x)
+    schedule = mambatr.calibrate(model, "mtr", 0.25, x, step=5, model_name="vim_custom", progress=False)
+    path = tmp_path / "schedule.json"
+    schedule.save(path)
+    assert Schedule.load(path) == schedule
+    report = mambatr.apply(model, "mtr", schedule=path)
+    assert report.removals == schedule.removals
+    assert report.flops_reduction_achieved == pytest.approx(schedule.flops_reduction_achieved)
+    assert not torch.equal(model(x), dense)
+    mambatr.remove(model)
+    assert torch.equal(model(x), dense)
+
+
+def test_schedule_for_another_model_or_method_is_refused(tmp_path):
+    schedule = mambatr.calibrate(
+        tiny_model(), "mtr", 0.2, images(), step=3, model_name="tiny", progress=False
+    )
+    torch.manual_seed(0)
+    deeper = mambatr.create_model("vim_custom", **{**SMALL, "depth": 8})
+    with pytest.raises(ValueError, match="schedule was made for tiny"):
+        mambatr.apply(deeper, "mtr", schedule=schedule)
+    with pytest.raises(ValueError, match="not 'hsa'"):
+        mambatr.apply(tiny_model(), "hsa", schedule=schedule)
+    with pytest.raises(ValueError, match="do not also give"):
+        mambatr.apply(tiny_model(), "mtr", 0.3, schedule=schedule)
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a mambatr schedule"):
+        Schedule.load(path)
+
+
+def test_unreachable_target_and_bad_input_are_refused():
+    with pytest.raises(ValueError, match="flops_reduction must be in"):
+        mambatr.calibrate(tiny_model(), "mtr", 0.95, images(), progress=False)
+    with pytest.raises(ValueError, match="at least one image"):
+        mambatr.calibrate(tiny_model(), "mtr", 0.3, images()[:0], progress=False)
