@@ -156,3 +156,24 @@ def test_importance_sums_every_scan_direction():
     internals = type(make_internals(hidden))(branches, hidden=hidden, residual=hidden)
     score = importance(make_state(hidden, None), internals, "delta")
     torch.testing.assert_close(score, torch.tensor([[4.0, 4, 4, 8, 4]]))
+
+
+def test_delta_raw_and_delta_b_indicators():
+    """delta_raw undoes softplus exactly; delta_b multiplies each direction's mean Δ by its mean |B|."""
+    from dataclasses import replace
+
+    import torch.nn.functional as F
+
+    from mambatr.reduction.mtr import importance
+
+    hidden = torch.randn(1, 5, 3)
+    raw = torch.tensor([-3.0, -0.5, 0.0, 2.0, 25.0]).reshape(1, 5, 1).expand(1, 5, 4)
+    base = replace(make_internals(hidden).branches[0], delta=F.softplus(raw))
+    forward = replace(base, B=torch.full((1, 5, 2), -2.0))
+    internals = type(make_internals(hidden))((forward, base), hidden=hidden, residual=hidden)
+    state = make_state(hidden, None)
+    torch.testing.assert_close(
+        importance(state, internals, "delta_raw"), 2 * raw[..., 0], rtol=1e-5, atol=1e-5
+    )
+    expected = F.softplus(raw[..., 0]) * (2.0 + 1.0)  # |B| = 2 forward, 1 backward
+    torch.testing.assert_close(importance(state, internals, "delta_b"), expected)

@@ -19,9 +19,12 @@ from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.state import TokenState, gather_tokens, make_plan
 
-INDICATORS = ("delta", "B", "C", "cls", "norm", "random")
+INDICATORS = ("delta", "delta_raw", "delta_b", "B", "C", "cls", "norm", "random")
 INDICATOR_HELP = {
     "delta": "mean over channels of Δ summed over scan directions (the paper's choice)",
+    "delta_raw": "the same with Δ before softplus (dt_proj output + bias), recovered exactly by inverting it",
+    "delta_b": "mean over channels of Δ times mean over the state dim of |B|, summed over scan directions: "
+    "how much a token writes into the state",
     "B": "mean over the state dim of |B| summed over scan directions",
     "C": "mean over the state dim of |C| summed over scan directions",
     "cls": "cosine similarity of each token's hidden state to the class token's (EViT-style)",
@@ -35,8 +38,20 @@ STRATEGY_HELP = {
 }
 
 
+def inverse_softplus(delta: torch.Tensor) -> torch.Tensor:
+    """x with softplus(x) = delta (delta > 0): delta + log(1 - exp(-delta)), stable for small and large."""
+    delta = delta.float()
+    return delta + torch.log(-torch.expm1(-delta))
+
+
 def importance(state: TokenState, internals: BlockInternals, indicator: str, seed: int = 0) -> torch.Tensor:
     """(B, L) token importance under the chosen indicator; higher means more important."""
+    if indicator == "delta_raw":
+        return sum(inverse_softplus(branch.delta).mean(-1) for branch in internals.branches)
+    if indicator == "delta_b":
+        return sum(
+            branch.delta.float().mean(-1) * branch.B.float().abs().mean(-1) for branch in internals.branches
+        )
     if indicator in ("delta", "B", "C"):
         parts = [getattr(branch, indicator) for branch in internals.branches]
         if indicator != "delta":
