@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from mambatr.reduction.api import intercept_reduction
 
@@ -41,23 +42,33 @@ def reduction_timer(model: nn.Module, device: torch.device) -> Iterator[list[flo
 
 
 @torch.inference_mode()
-def throughput(model: nn.Module, images: torch.Tensor, warmup: int = 3, runs: int = 10) -> dict:
+def throughput(
+    model: nn.Module,
+    images: torch.Tensor,
+    warmup: int = 3,
+    runs: int = 10,
+    progress: bool = False,
+    desc: str = "bench",
+) -> dict:
     """images/s over ``runs`` timed forward passes of one batch: median, min, max, and the share of
-    time inside reduction steps."""
+    time inside reduction steps. ``progress`` counts the passes on stderr, outside the timed part."""
     device = images.device
     model.eval()
-    for _ in range(warmup):
-        model(images)
     times, reduce_shares = [], []
-    for _ in range(runs):
-        with reduction_timer(model, device) as spent:
-            _sync(device)
-            start = time.perf_counter()
+    with tqdm(total=warmup + runs, desc=desc, unit="pass", disable=not progress, leave=False) as bar:
+        for _ in range(warmup):
             model(images)
-            _sync(device)
-            elapsed = time.perf_counter() - start
-        times.append(elapsed)
-        reduce_shares.append(sum(spent) / elapsed)
+            bar.update()
+        for _ in range(runs):
+            with reduction_timer(model, device) as spent:
+                _sync(device)
+                start = time.perf_counter()
+                model(images)
+                _sync(device)
+                elapsed = time.perf_counter() - start
+            times.append(elapsed)
+            reduce_shares.append(sum(spent) / elapsed)
+            bar.update()
     rates = sorted(len(images) / t for t in times)
     return {
         "images_per_s": statistics.median(rates),

@@ -3,17 +3,76 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import re
 import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
 from mambatr.flops import CONVENTIONS, count_flops
 from mambatr.models import create_model, list_models, model_entry
+from mambatr.outputs import check_writable_dir, check_writable_file
 from mambatr.table import markdown_table
+
+if TYPE_CHECKING:
+    from mambatr.reduction.api import ReductionReport
 
 DEMO_LIMIT = 5_000  # first half of the test split: four evaluations fit in 3 minutes on 2 cores
 DEMO_TARGETS = (0.2, 0.3, 0.4)
+# Recipe fields a CLI flag sets, named in Recipe's errors: reported as the flags (--random-erasing)
+RECIPE_FLAGS = (
+    "random_resized_crop",
+    "random_erasing",
+    "mixup",
+    "cutmix",
+    "mixup_prob",
+    "mixup_switch_prob",
+    "drop_path",
+)
+REDUCTION_FLAGS = ("flops_reduction", "ratio", "layers", "indicator", "strategy", "option")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors on stderr and exit status 2, like the commands' own errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts, limits, thread numbers)."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (warm-up runs, worker processes)."""
+    return _int_at_least(text, 0, "an integer >= 0")
+
+
+def _int_at_least(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+@contextmanager
+def _flag_names(names: Iterable[str]) -> Iterator[None]:
+    """Re-raise a ValueError of the Python API with its argument names as this CLI's flags
+    (``flops_reduction`` -> ``--flops-reduction``): the user typed flags, not keyword arguments."""
+    try:
+        yield
+    except ValueError as error:
+        pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?!\w)")
+        raise ValueError(pattern.sub(lambda m: "--" + m[1].replace("_", "-"), str(error))) from error
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +106,12 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
     return model.eval()
 
 
-def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
+def _eval_batches(args: argparse.Namespace, model: torch.nn.Module, skipped: list[str] | None = None):
     """(batches, count) of this process for the model's dataset: Fashion-MNIST or an ImageNet folder.
 
     Under torchrun each rank gets every N-th batch of the single-process run (mambatr.distributed).
+    A file that cannot be read is an error naming it; given a ``skipped`` list, unreadable images are
+    left out and listed there instead.
     """
     from mambatr import data
     from mambatr.data.tasks import TESTBEDS
@@ -67,7 +128,7 @@ def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
         batches = tensor_batches(images, labels, args.batch_size, context, TESTBEDS[dataset].to_input)
         return batches, shard.images()
     if dataset == "kinetics":
-        return _video_batches(args, model)
+        return _video_batches(args, model, skipped)
     if args.data is None:
         raise ValueError(f"model {args.model!r} evaluates on ImageNet: pass --data /path/to/imagenet/val")
     config = model.config
@@ -75,14 +136,24 @@ def _eval_batches(args: argparse.Namespace, model: torch.nn.Module):
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     shard = ShardBatchSampler(len(dataset), args.batch_size, context)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=shard, num_workers=args.workers)
-    return loader, shard.images()
+    return _guarded_loader(dataset, shard, args.workers, skipped), shard.images()
 
 
-def _video_batches(args: argparse.Namespace, model: torch.nn.Module):
+def _guarded_loader(
+    dataset: torch.utils.data.Dataset, shard, workers: int, skipped: list[str] | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a folder dataset through DataLoader workers, whose errors arrive as they were raised
+    (one line naming the file), not wrapped in the worker's traceback (mambatr.data.guarded)."""
+    from mambatr.data.guarded import Guarded, checked_batches, collate
+
+    loader = torch.utils.data.DataLoader(
+        Guarded(dataset), batch_sampler=shard, num_workers=workers, collate_fn=collate
+    )
+    return checked_batches(loader, skipped)
+
+
+def _video_batches(args: argparse.Namespace, model: torch.nn.Module, skipped: list[str] | None):
     """Kinetics-style frame folders: one item per video with all its views (--views CLIPSxCROPS)."""
-    from pathlib import Path
-
     from mambatr.data import VideoFrameFolder
     from mambatr.distributed import ShardBatchSampler
     from mambatr.video_eval import VideoViews, parse_views
@@ -102,8 +173,7 @@ def _video_batches(args: argparse.Namespace, model: torch.nn.Module):
     if args.limit is not None:
         videos = torch.utils.data.Subset(videos, range(min(args.limit, len(videos))))
     shard = ShardBatchSampler(len(videos), args.batch_size, args.context)
-    loader = torch.utils.data.DataLoader(videos, batch_sampler=shard, num_workers=args.workers)
-    return loader, shard.images()
+    return _guarded_loader(videos, shard, args.workers, skipped), shard.images()
 
 
 def _evaluable(args: argparse.Namespace, model: torch.nn.Module) -> torch.nn.Module:
@@ -111,6 +181,13 @@ def _evaluable(args: argparse.Namespace, model: torch.nn.Module) -> torch.nn.Mod
     from mambatr.video_eval import ViewAveraging
 
     return ViewAveraging(model) if model_entry(args.model).dataset == "kinetics" else model
+
+
+def _check_reduction_args(args: argparse.Namespace) -> None:
+    """Token-reduction flags without --method would be ignored: refuse them before any work."""
+    given = ["--" + name.replace("_", "-") for name in REDUCTION_FLAGS if getattr(args, name) is not None]
+    if args.method is None and given:
+        raise ValueError(f"{' / '.join(given)} need{'s' if len(given) == 1 else ''} --method")
 
 
 def _reduction_options(args: argparse.Namespace) -> dict:
@@ -127,14 +204,27 @@ def _reduction_options(args: argparse.Namespace) -> dict:
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if args.layers is not None:
-        options["layers"] = [int(x) for x in args.layers.split(",") if x.strip()]
+        try:
+            options["layers"] = [int(x) for x in args.layers.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--layers expects comma-separated block indices, got {args.layers!r}") from None
     return {"flops_reduction": args.flops_reduction, "ratio": args.ratio, **options}
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    from mambatr.evaluate import evaluate
+def _apply(model: torch.nn.Module, args: argparse.Namespace) -> ReductionReport:
+    """mambatr.apply with the reduction flags; its errors name the flags."""
     from mambatr.reduction import apply
 
+    with _flag_names(("flops_reduction", "ratio")):
+        return apply(model, args.method, **_reduction_options(args))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from mambatr.data import UnreadableImageError
+    from mambatr.distributed import all_gather_list
+    from mambatr.evaluate import evaluate
+
+    _check_reduction_args(args)
     torch.set_num_threads(args.threads)
     model = _load_model(args).to(args.context.device(args.device))
     summary = {
@@ -145,7 +235,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "gflops_dense": count_flops(model.config).gflops,
     }
     if args.method is not None:
-        report = apply(model, args.method, **_reduction_options(args))
+        report = _apply(model, args)
         summary.update(
             method=args.method,
             options=report.options,
@@ -156,13 +246,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
             tokens_per_layer=report.tokens_per_layer,
         )
         summary["gflops"] = report.gflops
-    elif args.flops_reduction is not None or args.ratio is not None:
-        raise ValueError("--flops-reduction / --ratio need --method")
     else:
         summary["gflops"] = summary["gflops_dense"]
-    batches, total = _eval_batches(args, model)
+    skipped: list[str] | None = [] if args.skip_bad_images else None
+    batches, total = _eval_batches(args, model, skipped)
     evaluable = _evaluable(args, model)
-    summary.update(evaluate(evaluable, batches, total=total, desc=f"eval {args.model}", context=args.context))
+    try:
+        summary.update(
+            evaluate(evaluable, batches, total=total, desc=f"eval {args.model}", context=args.context)
+        )
+    except UnreadableImageError as error:
+        raise UnreadableImageError(f"{error}; --skip-bad-images evaluates without such files") from None
+    if skipped is not None:
+        skipped = all_gather_list(skipped, args.context)
+        summary.update(skipped=len(skipped), skipped_images=skipped)
     if not args.context.is_main:
         return
     if args.json:
@@ -186,41 +283,44 @@ def cmd_eval(args: argparse.Namespace) -> None:
             ],
         )
     )
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):\n" + "\n".join(f"  {line}" for line in skipped))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from mambatr.train import Recipe, train
 
-    recipe = Recipe(
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_epochs=args.warmup_epochs,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        threads=args.threads,
-        augment=not args.no_augment,
-        device=args.device,
-        random_resized_crop=args.random_resized_crop,
-        random_erasing=args.random_erasing,
-        mixup=args.mixup,
-        cutmix=args.cutmix,
-        mixup_prob=args.mixup_prob,
-        mixup_switch_prob=args.mixup_switch_prob,
-        drop_path=args.drop_path,
-        init_from=args.init_from,
-    )
-    result = train(
-        recipe,
-        Path(args.out),
-        data_root=args.data,
-        resume=args.resume,
-        limit=args.limit,
-        max_steps=args.max_steps,
-    )
+    check_writable_dir(args.out, "--out")
+    with _flag_names(RECIPE_FLAGS):
+        recipe = Recipe(
+            model=args.model,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_epochs=args.warmup_epochs,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+            threads=args.threads,
+            augment=not args.no_augment,
+            device=args.device,
+            random_resized_crop=args.random_resized_crop,
+            random_erasing=args.random_erasing,
+            mixup=args.mixup,
+            cutmix=args.cutmix,
+            mixup_prob=args.mixup_prob,
+            mixup_switch_prob=args.mixup_switch_prob,
+            drop_path=args.drop_path,
+            init_from=args.init_from,
+        )
+    with _flag_names(("init_from",)):
+        result = train(
+            recipe,
+            Path(args.out),
+            data_root=args.data,
+            resume=args.resume,
+            limit=args.limit,
+            max_steps=args.max_steps,
+        )
     if not result["finished"]:
         print(f"stopped after step {result['step']} (--max-steps); continue with --resume", file=sys.stderr)
         return
@@ -246,12 +346,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "Fashion-MNIST test images (all of them: --limit 10000, or mambatr eval / sweep)",
         file=sys.stderr,
     )
-    sweep = run_sweep(
+    sweep = run_sweep(  # progress on stderr: one bar for the runs, one per evaluation
         model,
-        lambda m: evaluate_tensors(m, images, labels, batch_size=args.batch_size, progress=False),
+        lambda m: evaluate_tensors(m, images, labels, batch_size=args.batch_size, desc="images"),
         ["mtr"],
         DEMO_TARGETS,
-        progress=False,
     )
     rows = [
         [
@@ -287,20 +386,46 @@ def _add_reduction_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other method option")
 
 
-def cmd_sweep(args: argparse.Namespace) -> None:
-    from pathlib import Path
+def _sweep_grid(args: argparse.Namespace) -> tuple[list[str], list[float]]:
+    """--methods and --reductions as lists, every entry checked: a bad one fails before any work."""
+    from mambatr.reduction import METHODS
+    from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION
 
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(
+            f"--methods: unknown method(s) {', '.join(map(repr, unknown)) or 'none given'}; "
+            f"available: {', '.join(sorted(METHODS))}"
+        )
+    reductions = []
+    for text in (x.strip() for x in args.reductions.split(",")):
+        try:
+            value = float(text) if text else None
+        except ValueError:
+            raise ValueError(f"--reductions: {text!r} is not a number") from None
+        if value is not None and not 0.0 < value < MAX_FLOPS_REDUCTION:
+            raise ValueError(
+                f"--reductions: {text} is not a FLOPs-reduction target in (0, {MAX_FLOPS_REDUCTION})"
+            )
+        reductions += [] if value is None else [value]
+    if not reductions:
+        raise ValueError("--reductions: no target given")
+    return methods, reductions
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
     from mambatr.evaluate import evaluate
     from mambatr.sweep import TABLE_HEADERS, run_sweep, table_rows, write_outputs
 
+    methods, reductions = _sweep_grid(args)
+    check_writable_dir(args.out, "--out")
     torch.set_num_threads(args.threads)
     model = _load_model(args).to(args.context.device(args.device))
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    reductions = [float(x) for x in args.reductions.split(",") if x.strip()]
 
     def evaluate_model(m: torch.nn.Module) -> dict:
         batches, total = _eval_batches(args, m)
-        return evaluate(_evaluable(args, m), batches, total=total, progress=False, context=args.context)
+        return evaluate(_evaluable(args, m), batches, total=total, desc="images", context=args.context)
 
     rows = run_sweep(model, evaluate_model, methods, reductions, progress=args.context.is_main)
     if not args.context.is_main:
@@ -315,8 +440,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from mambatr.benchmark import throughput
-    from mambatr.reduction import apply
 
+    _check_reduction_args(args)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     entry = model_entry(args.model)
@@ -331,11 +456,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "batch_size": args.batch_size,
         "threads": args.threads,
         "scan_impl": model.scan_impl,
-        "dense": throughput(model, images, args.warmup, args.runs),
+        "dense": throughput(model, images, args.warmup, args.runs, progress=True, desc="dense"),
     }
     if args.method is not None:
-        report = apply(model, args.method, **_reduction_options(args))
-        reduced = throughput(model, images, args.warmup, args.runs)
+        report = _apply(model, args)
+        reduced = throughput(model, images, args.warmup, args.runs, progress=True, desc=args.method)
         ideal = 1.0 / (1.0 - report.flops_reduction_achieved)
         speedup = reduced["images_per_s"] / result["dense"]["images_per_s"]
         result.update(
@@ -406,27 +531,35 @@ def _viz_image(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.
             (data.FASHION_MNIST_STD,),
         )
     transform = data.build_eval_transform(input_size=model.config.img_size)
-    from PIL import Image
-
-    with Image.open(args.image) as picture:
-        image = transform(picture.convert("RGB"))
+    if not Path(args.image).is_file():
+        what = "a folder" if Path(args.image).is_dir() else "not found"
+        raise ValueError(f"--image {args.image}: {what}; give an image file")
+    try:
+        image = transform(data.load_rgb(args.image))
+    except OSError as error:
+        raise ValueError(f"--image {args.image}: cannot read the image ({error})") from None
     return image, data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD
 
 
 def cmd_viz(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from mambatr.reduction import apply
     from mambatr.visualize import visualize
 
     if args.method is None:
         raise ValueError("viz needs --method (and --flops-reduction or --ratio)")
+    check_writable_file(args.out, "--out")
     model = _load_model(args)
     if len(model.config.input_shape(1)) != 4:
         raise ValueError(f"viz draws image models; {args.model} takes videos")
-    report = apply(model, args.method, **_reduction_options(args))
+    report = _apply(model, args)
     image, mean, std = _viz_image(args, model)
-    groups, importance, traces = visualize(model, image, Path(args.out), mean, std)
+    achieved = f"{report.flops_reduction_achieved:.1%} FLOPs reduction"
+    amount = (
+        f"target {args.flops_reduction:.0%}, achieved {achieved}"
+        if args.ratio is None
+        else f"ratio {args.ratio:g}, {achieved}"
+    )
+    title = f"{args.model}, {args.method} ({amount})"
+    groups, importance, traces = visualize(model, image, Path(args.out), mean, std, title=title)
     print(
         f"wrote {groups} (kept / merged groups / pruned per layer after blocks {report.layers}) "
         f"and {importance} (importance); FLOPs reduction {report.flops_reduction_achieved:.1%}"
@@ -464,7 +597,10 @@ def _add_video_args(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mambatr", description=__doc__)
+    parser = _Parser(prog="mambatr", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"mambatr {importlib.metadata.version('mambatr')}"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     flops = commands.add_parser("flops", help="analytic FLOPs and params of a model, per layer")
     _add_model_args(flops)
@@ -486,11 +622,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--data", help="Fashion-MNIST directory, or an ImageNet-style val folder")
     evaluation.add_argument("--split", default="test", choices=["test", "val"], help="Fashion-MNIST split")
-    evaluation.add_argument("--limit", type=int, help="evaluate only the first N images")
-    evaluation.add_argument("--batch-size", type=int, default=256)
-    evaluation.add_argument("--workers", type=int, default=2, help="image-decoding workers (folders only)")
-    evaluation.add_argument("--threads", type=int, default=torch.get_num_threads())
+    evaluation.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
+    evaluation.add_argument("--batch-size", type=positive_int, default=256)
+    evaluation.add_argument(
+        "--workers", type=non_negative_int, default=2, help="image-decoding workers (folders only)"
+    )
+    evaluation.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     evaluation.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's GPU)")
+    evaluation.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out image files that cannot be read (listed, and counted in the output) instead of "
+        "stopping at the first",
+    )
     _add_video_args(evaluation)
     _add_reduction_args(evaluation)
     evaluation.set_defaults(run=cmd_eval)
@@ -501,13 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--model", default="vim_fmnist")
     training.add_argument("--out", default="runs/vim_fmnist", help="checkpoints and exported weights go here")
     training.add_argument("--data", help="Fashion-MNIST directory")
-    training.add_argument("--epochs", type=int, default=Recipe.epochs)
-    training.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    training.add_argument("--epochs", type=positive_int, default=Recipe.epochs)
+    training.add_argument("--batch-size", type=positive_int, default=Recipe.batch_size)
     training.add_argument("--lr", type=float, default=Recipe.lr)
     training.add_argument("--warmup-epochs", type=float, default=Recipe.warmup_epochs)
     training.add_argument("--weight-decay", type=float, default=Recipe.weight_decay)
     training.add_argument("--seed", type=int, default=0)
-    training.add_argument("--threads", type=int, default=torch.get_num_threads())
+    training.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     training.add_argument("--no-augment", action="store_true", help="no random shift / flip")
     recipe = training.add_argument_group(
         "official Vim / DeiT recipe options (default: off; hustvl/Vim main.py values in brackets)"
@@ -557,10 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
         "patch embedding PI-resized (FlexiViT), e.g. --model vim_fmnist_p2 --init-from vim_fmnist",
     )
     training.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    training.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
+    training.add_argument("--limit", type=positive_int, help="train on the first N images only (smoke tests)")
     training.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
     training.add_argument(
-        "--max-steps", type=int, help="stop (and save) after N steps in this run; resume later"
+        "--max-steps", type=positive_int, help="stop (and save) after N steps in this run; resume later"
     )
     training.set_defaults(run=cmd_train)
 
@@ -572,10 +716,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", default="runs/sweep", help="directory for sweep.csv / .json / .png")
     sweep.add_argument("--data", help="Fashion-MNIST directory, or an ImageNet-style val folder")
     sweep.add_argument("--split", default="test", choices=["test", "val"])
-    sweep.add_argument("--limit", type=int, help="evaluate only the first N images")
-    sweep.add_argument("--batch-size", type=int, default=256)
-    sweep.add_argument("--workers", type=int, default=2)
-    sweep.add_argument("--threads", type=int, default=torch.get_num_threads())
+    sweep.add_argument("--limit", type=positive_int, help="evaluate only the first N images")
+    sweep.add_argument("--batch-size", type=positive_int, default=256)
+    sweep.add_argument("--workers", type=non_negative_int, default=2)
+    sweep.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     sweep.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank's GPU)")
     _add_video_args(sweep)
     sweep.set_defaults(run=cmd_sweep)
@@ -583,11 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="dense vs reduced throughput, measured in the same run")
     _add_model_args(bench)
     bench.add_argument("--checkpoint", help="weights file (default: shipped weights, or random ones)")
-    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--batch-size", type=positive_int, default=64)
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
-    bench.add_argument("--warmup", type=int, default=3)
-    bench.add_argument("--runs", type=int, default=10)
-    bench.add_argument("--threads", type=int, default=torch.get_num_threads())
+    bench.add_argument("--warmup", type=non_negative_int, default=3)
+    bench.add_argument("--runs", type=positive_int, default=10)
+    bench.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     _add_reduction_args(bench)
     bench.set_defaults(run=cmd_bench)
 
@@ -618,18 +762,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated numbers of patch tokens to drop (default: about 10 %% and 20 %% of the patch "
         "tokens: 5,10 of 49, 20,39 of 196)",
     )
-    probe.add_argument("--seeds", type=int, default=3, help="random orders averaged per row")
-    probe.add_argument("--limit", type=int, help="use only the first N test images")
-    probe.add_argument("--batch-size", type=int, default=256)
-    probe.add_argument("--threads", type=int, default=torch.get_num_threads())
+    probe.add_argument("--seeds", type=positive_int, default=3, help="random orders averaged per row")
+    probe.add_argument("--limit", type=positive_int, help="use only the first N test images")
+    probe.add_argument("--batch-size", type=positive_int, default=256)
+    probe.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     probe.add_argument("--device", default="cpu", help="cpu or cuda")
     probe.set_defaults(run=cmd_probe)
 
     demo = commands.add_parser("demo", help="the shipped vim_fmnist model on Fashion-MNIST: a results table")
     demo.add_argument("--data", help="Fashion-MNIST directory")
-    demo.add_argument("--limit", type=int, default=DEMO_LIMIT, help="test images to use")
-    demo.add_argument("--batch-size", type=int, default=256)
-    demo.add_argument("--threads", type=int, default=torch.get_num_threads())
+    demo.add_argument("--limit", type=positive_int, default=DEMO_LIMIT, help="test images to use")
+    demo.add_argument("--batch-size", type=positive_int, default=256)
+    demo.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     demo.add_argument("--json", action="store_true")
     demo.set_defaults(run=cmd_demo)
     return parser
@@ -651,8 +795,7 @@ def main(argv: list[str] | None = None) -> None:
             args.run(args)
         finally:
             distributed.shutdown()
-    except (KeyError, ValueError, FileNotFoundError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+    except (ValueError, FileNotFoundError) as error:  # bad input; anything else is a bug: traceback
         rank = f" (rank {args.context.rank})" if args.context.distributed else ""
-        print(f"mambatr {args.command}{rank}: error: {message}", file=sys.stderr)
+        print(f"mambatr {args.command}{rank}: error: {error}", file=sys.stderr)
         sys.exit(2)

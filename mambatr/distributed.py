@@ -109,3 +109,12 @@ def all_reduce(values: list[float], context: Context, op: str = "sum") -> list[f
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return tensor.tolist()
+
+
+def all_gather_list(items: list, context: Context) -> list:
+    """Every rank's ``items`` (picklable), concatenated in rank order; the list itself in one process."""
+    if not context.distributed:
+        return items
+    parts: list[list] = [[] for _ in range(context.world_size)]
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]

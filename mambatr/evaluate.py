@@ -34,17 +34,18 @@ def evaluate(
     prepare(parameter.device, getattr(model, "scan_impl", "auto"))  # no kernel build inside the timing
     correct = seen = 0
     loss_sum = model_seconds = 0.0
-    bar = tqdm(total=total, desc=desc, unit="img", disable=not (progress and context.is_main), leave=False)
-    for inputs, labels in batches:
-        inputs, labels = inputs.to(parameter.device), labels.to(parameter.device)
-        start = time.perf_counter()
-        logits = model(inputs)
-        model_seconds += time.perf_counter() - start
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(-1) == labels).sum().item()
-        seen += len(labels)
-        bar.update(len(labels))
-    bar.close()
+    disable = not (progress and context.is_main)
+    # a context manager, so that an error (an unreadable file) clears the bar before it is reported
+    with tqdm(total=total, desc=desc, unit="img", disable=disable, leave=False) as bar:
+        for inputs, labels in batches:
+            inputs, labels = inputs.to(parameter.device), labels.to(parameter.device)
+            start = time.perf_counter()
+            logits = model(inputs)
+            model_seconds += time.perf_counter() - start
+            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            correct += (logits.argmax(-1) == labels).sum().item()
+            seen += len(labels)
+            bar.update(len(labels))
     model.train(was_training)
     correct, seen, loss_sum = all_reduce([correct, seen, loss_sum], context)
     correct, seen = int(correct), int(seen)  # float64 sums of counts are exact
@@ -81,6 +82,8 @@ def evaluate_tensors(
     batch_size: int = 256,
     progress: bool = True,
     to_input: Callable[[torch.Tensor], torch.Tensor] = to_model_input,
+    desc: str = "eval",
 ) -> dict:
+    """``evaluate`` over in-memory samples; ``desc`` labels the progress bar (on stderr)."""
     batches = tensor_batches(images, labels, batch_size, to_input=to_input)
-    return evaluate(model, batches, total=len(images), progress=progress)
+    return evaluate(model, batches, total=len(images), progress=progress, desc=desc)

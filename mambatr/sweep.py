@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mambatr.outputs import atomic_path, write_text_atomic
 from mambatr.reduction import apply, remove
 
 Evaluate = Callable[[torch.nn.Module], dict]
@@ -24,41 +25,53 @@ def run_sweep(
     options: dict[str, dict] | None = None,
     progress: bool = True,
 ) -> list[dict]:
-    """Baseline row, then one row per (method, target); ``evaluate(model)`` returns top1 and images/s."""
+    """Baseline row, then one row per (method, target); ``evaluate(model)`` returns top1 and images/s.
+
+    Every pair is solved before the first evaluation, so an unknown method or an unreachable target
+    fails at once rather than after the work before it; the progress bar counts the baseline too.
+    """
     from mambatr.flops import count_flops
 
-    dense = evaluate(model)
-    rows = [
-        {
-            "method": "baseline",
-            "target": 0.0,
-            "flops_reduction": 0.0,
-            "token_reduction": 0.0,
-            "gflops": count_flops(model.config).gflops,
-            "top1": dense["top1"],
-            "drop": 0.0,
-            "images_per_s": dense["images_per_s"],
-            "removals": {},
-        }
-    ]
     pairs = [(method, target) for method in methods for target in reductions]
-    for method, target in tqdm(pairs, desc="sweep", disable=not progress):
-        report = apply(model, method, target, **(options or {}).get(method, {}))
-        result = evaluate(model)
+    for method, target in pairs:
+        apply(model, method, target, **(options or {}).get(method, {}))
         remove(model)
-        rows.append(
+    with tqdm(total=1 + len(pairs), desc="sweep", unit="run", disable=not progress) as bar:
+        bar.set_postfix_str("baseline")
+        dense = evaluate(model)
+        bar.update()
+        rows = [
             {
-                "method": method,
-                "target": target,
-                "flops_reduction": report.flops_reduction_achieved,
-                "token_reduction": report.token_reduction,
-                "gflops": report.gflops,
-                "top1": result["top1"],
-                "drop": dense["top1"] - result["top1"],
-                "images_per_s": result["images_per_s"],
-                "removals": report.removals,
+                "method": "baseline",
+                "target": 0.0,
+                "flops_reduction": 0.0,
+                "token_reduction": 0.0,
+                "gflops": count_flops(model.config).gflops,
+                "top1": dense["top1"],
+                "drop": 0.0,
+                "images_per_s": dense["images_per_s"],
+                "removals": {},
             }
-        )
+        ]
+        for method, target in pairs:
+            bar.set_postfix_str(f"{method} {target:.0%}")
+            report = apply(model, method, target, **(options or {}).get(method, {}))
+            result = evaluate(model)
+            remove(model)
+            bar.update()
+            rows.append(
+                {
+                    "method": method,
+                    "target": target,
+                    "flops_reduction": report.flops_reduction_achieved,
+                    "token_reduction": report.token_reduction,
+                    "gflops": report.gflops,
+                    "top1": result["top1"],
+                    "drop": dense["top1"] - result["top1"],
+                    "images_per_s": result["images_per_s"],
+                    "removals": report.removals,
+                }
+            )
     return rows
 
 
@@ -90,23 +103,34 @@ def write_outputs(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "sweep.csv", out_dir / "sweep.json", out_dir / "sweep.png"]
-    with paths[0].open("w", newline="") as handle:
+    with atomic_path(paths[0]) as temporary, temporary.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    paths[1].write_text(json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(paths[1], json.dumps(rows, indent=2) + "\n")
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
     baseline = rows[0]["top1"]
     axis.axhline(baseline, color="gray", linestyle="--", label=f"dense ({baseline:.2f} %)")
     for method in dict.fromkeys(r["method"] for r in rows[1:]):
         points = sorted((100 * r["flops_reduction"], r["top1"]) for r in rows if r["method"] == method)
         axis.plot(*zip(*points, strict=True), marker="o", label=method)
+    axis.set_xlim(*x_range([100 * r["flops_reduction"] for r in rows[1:]]))
     axis.set_xlabel("achieved FLOPs reduction (%)")
     axis.set_ylabel("top-1 accuracy (%)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(paths[2], dpi=120)
+    with atomic_path(paths[2]) as temporary:
+        figure.savefig(temporary, dpi=120)
     plt.close(figure)
     return paths
+
+
+def x_range(reductions: Sequence[float], min_span: float = 10.0) -> tuple[float, float]:
+    """Plot limits (in %) around the achieved reductions, at least ``min_span`` points wide and never
+    below 0: a single target would otherwise get matplotlib's hair-thin range around one value."""
+    low, high = min(reductions, default=0.0), max(reductions, default=0.0)
+    pad = max(min_span - (high - low), 0.0) / 2 + 0.05 * (high - low)
+    low = max(low - pad, 0.0)
+    return low, max(high + pad, low + min_span)

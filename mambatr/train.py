@@ -30,6 +30,7 @@ from mambatr.data.tasks import Testbed, testbed
 from mambatr.evaluate import evaluate_tensors
 from mambatr.models import create_model, model_entry
 from mambatr.models.checkpoint import load_into, pi_resize_patch_embed, read_state_dict
+from mambatr.outputs import atomic_path, check_writable_dir, write_text_atomic
 
 
 @dataclass
@@ -161,10 +162,15 @@ def train(
     """Run (or resume) training; writes ``last.pth`` checkpoints and the final safetensors + JSON.
 
     ``max_steps`` stops this invocation after that many optimizer steps (a checkpoint is saved), as a
-    time-boxed job would; ``resume=True`` continues exactly where the checkpoint left off.
+    time-boxed job would; ``resume=True`` continues exactly where the checkpoint left off. ``out_dir``
+    is checked first and created only when training starts, so a run refused early leaves nothing;
+    every file is written whole or not at all.
     """
+    check_writable_dir(out_dir, "out_dir")
+    checkpoint_path = out_dir / "last.pth"
+    if resume and not checkpoint_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
     torch.set_num_threads(recipe.threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     device = torch.device(recipe.device)
     overrides = dict(recipe.model_overrides)
@@ -188,10 +194,7 @@ def train(
     warmup = int(recipe.warmup_epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(_param_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.999))
     step, history = 0, []
-    checkpoint_path = out_dir / "last.pth"
     if resume:
-        if not checkpoint_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if stored_recipe(state["recipe"]) != asdict(recipe):
             raise ValueError(f"--resume: recipe differs from the checkpoint's {state['recipe']}")
@@ -200,17 +203,17 @@ def train(
         step, history = state["step"], state["history"]
 
     def save() -> None:
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "history": history,
-                "recipe": asdict(recipe),
-            },
-            checkpoint_path,
-        )
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "history": history,
+            "recipe": asdict(recipe),
+        }
+        with atomic_path(checkpoint_path) as temporary:
+            torch.save(state, temporary)
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     stop_at = total_steps if max_steps is None else min(total_steps, step + max_steps)
     model.train()
@@ -252,7 +255,7 @@ def train(
             save()
             return {"finished": False, "step": step, "history": history}
         val = evaluate_tensors(  # evaluates in eval mode and puts the model back in train mode
-            model, val_images, val_labels, batch_size=256, progress=False, to_input=data.to_input
+            model, val_images, val_labels, batch_size=256, to_input=data.to_input, desc=f"val {epoch + 1}"
         )
         history.append(
             {
@@ -275,7 +278,8 @@ def train(
 def export(model: torch.nn.Module, recipe: Recipe, history: list[dict], out_dir: Path) -> dict:
     """Write ``<model>.safetensors`` and ``<model>.json`` (architecture, recipe, training history)."""
     weights = out_dir / f"{recipe.model}.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    with atomic_path(weights) as temporary:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temporary))
     config = {k: v for k, v in asdict(model.config).items() if k != "extra"}
     info = {
         "model": recipe.model,
@@ -285,5 +289,5 @@ def export(model: torch.nn.Module, recipe: Recipe, history: list[dict], out_dir:
         "history": history,
         "torch": torch.__version__,
     }
-    (out_dir / f"{recipe.model}.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_text_atomic(out_dir / f"{recipe.model}.json", json.dumps(info, indent=2) + "\n")
     return {"weights": str(weights), **info}

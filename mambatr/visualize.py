@@ -1,8 +1,11 @@
 """Which patches a reduction kept, merged together or pruned, drawn on the input image (as ToMe's vis).
 
-One panel per reducing layer: each patch still standing alone shows the image, each merged group is
-filled with one colour of its own, pruned patches are dark red. A second PNG plots, per reducing layer,
-the importance score the method ranked tokens by, on the patch grid.
+One panel per reducing layer, each titled with its block and its kept / merged / pruned counts: each
+patch still standing alone shows the image, each merged group is filled with one colour of its own,
+pruned patches are black with a grey cross (group colours are saturated, never black or grey; the
+cross tells a pruned patch from black background). A legend says so, and the figure title names the
+method and target. A second PNG plots, per reducing layer, the importance score the method ranked
+tokens by, on the patch grid.
 """
 
 from __future__ import annotations
@@ -10,17 +13,22 @@ from __future__ import annotations
 import colorsys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
 
 from mambatr.models.backbone import ReducibleBackbone
+from mambatr.outputs import atomic_path
 from mambatr.reduction.api import intercept_reduction
 from mambatr.reduction.state import TokenState
 
+if TYPE_CHECKING:
+    import matplotlib.figure
+
 PANEL_SCALE = 8  # pixels per input pixel in the drawing
-PRUNED_COLOR = (80, 0, 0)  # dark red: unlike black, it cannot be mistaken for image background
+PRUNED_COLOR = (0, 0, 0)  # black fill of a pruned patch: no merge group's colour (all saturated)
+PRUNED_MARK = (190, 190, 190)  # the grey cross over it: tells it from black image background
 
 
 @dataclass
@@ -80,13 +88,32 @@ def patch_assignment(trace_: LayerTrace, num_tokens: int) -> np.ndarray:
     return owner
 
 
-def render_layer(model: ReducibleBackbone, image: np.ndarray, trace_: LayerTrace) -> np.ndarray:
-    """(H*s, W*s, 3) uint8 panel; ``image`` is (H, W, 3) uint8."""
+def patch_owners(model: ReducibleBackbone, trace_: LayerTrace) -> tuple[np.ndarray, np.ndarray]:
+    """(owner of each patch token in raster order, -1 where pruned; size of each surviving token's group)."""
     config = model.config
     owner = patch_assignment(trace_, config.seq_len)
     if config.cls_index is not None:
         owner = np.delete(owner, config.cls_index)  # patch tokens only, raster order
-    sizes = np.bincount(owner[owner >= 0], minlength=trace_.sources.shape[0])
+    return owner, np.bincount(owner[owner >= 0], minlength=trace_.sources.shape[0])
+
+
+def layer_counts(model: ReducibleBackbone, trace_: LayerTrace) -> dict[str, int]:
+    """Patches still alone ("kept"), in merged groups ("merged", in "groups" groups), and "pruned"."""
+    owner, sizes = patch_owners(model, trace_)
+    alone = owner >= 0
+    alone[alone] = sizes[owner[alone]] == 1
+    return {
+        "kept": int(alone.sum()),
+        "merged": int(((owner >= 0) & ~alone).sum()),
+        "groups": int((sizes > 1).sum()),
+        "pruned": int((owner < 0).sum()),
+    }
+
+
+def render_layer(model: ReducibleBackbone, image: np.ndarray, trace_: LayerTrace) -> np.ndarray:
+    """(H*s, W*s, 3) uint8 panel; ``image`` is (H, W, 3) uint8."""
+    config = model.config
+    owner, sizes = patch_owners(model, trace_)
     colors = group_colors(len(sizes))
     panel = image.astype(float).copy()
     p = config.patch_size
@@ -99,6 +126,14 @@ def render_layer(model: ReducibleBackbone, image: np.ndarray, trace_: LayerTrace
         elif sizes[token] > 1:
             panel[window] = colors[token]
     panel = np.repeat(np.repeat(panel, PANEL_SCALE, 0), PANEL_SCALE, 1)
+    size = p * PANEL_SCALE
+    i, j = np.indices((size, size))
+    width = max(1, PANEL_SCALE // 4)
+    cross = (np.abs(i - j) < width) | (np.abs(i + j - (size - 1)) < width)
+    for patch in np.flatnonzero(owner < 0):
+        row, col = divmod(patch, config.grid)
+        top, left = row * stride * PANEL_SCALE, col * stride * PANEL_SCALE
+        panel[top : top + size, left : left + size][cross] = PRUNED_MARK
     return panel.clip(0, 255).astype(np.uint8)
 
 
@@ -112,32 +147,87 @@ def to_rgb_uint8(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float,
 
 
 def visualize(
-    model: ReducibleBackbone, image: torch.Tensor, out: Path, mean: tuple[float, ...], std: tuple[float, ...]
+    model: ReducibleBackbone,
+    image: torch.Tensor,
+    out: Path,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    title: str | None = None,
 ) -> tuple[Path, Path, list[LayerTrace]]:
-    """Write ``out`` (original + one panel per reducing layer) and ``<out>_importance.png``."""
+    """Write ``out`` (input + one panel per reducing layer) and ``<out>_importance.png``, each written
+    whole or not at all; ``title`` (default: the method's name) heads both figures."""
     traces = trace(model, image)
-    rgb = to_rgb_uint8(image, mean, std)
-    original = np.repeat(np.repeat(rgb, PANEL_SCALE, 0), PANEL_SCALE, 1)
-    gap = np.full((original.shape[0], PANEL_SCALE, 3), 255, dtype=np.uint8)
-    panels = [original]
-    for trace_ in traces:
-        panels += [gap, render_layer(model, rgb, trace_)]
+    title = title or model.reduction.method.name
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(panels, axis=1)).save(out)
+    figure = groups_figure(model, to_rgb_uint8(image, mean, std), traces, title)
+    importance = importance_figure(model, traces, title)
     importance_path = out.with_name(out.stem + "_importance.png")
-    plot_importance(model, traces, importance_path)
+    for path, drawn in ((out, figure), (importance_path, importance)):
+        with atomic_path(path) as temporary:
+            drawn.savefig(temporary, dpi=110)
+        _pyplot().close(drawn)
     return out, importance_path, traces
 
 
-def plot_importance(model: ReducibleBackbone, traces: list[LayerTrace], path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def groups_figure(
+    model: ReducibleBackbone, rgb: np.ndarray, traces: list[LayerTrace], title: str
+) -> matplotlib.figure.Figure:
+    """The input and, per reducing layer, a panel titled with the block and its counts; a legend."""
+    from matplotlib.legend_handler import HandlerTuple
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        1, 1 + len(traces), figsize=(2.3 * (1 + len(traces)), 3.4), squeeze=False, layout="constrained"
+    )
+    panels = [np.repeat(np.repeat(rgb, PANEL_SCALE, 0), PANEL_SCALE, 1)]
+    titles = ["input"]
+    for trace_ in traces:
+        panels.append(render_layer(model, rgb, trace_))
+        counts = layer_counts(model, trace_)
+        groups = f" in {counts['groups']} groups" if counts["merged"] else ""
+        titles.append(
+            f"after block {trace_.layer}:\n{counts['kept']} kept, {counts['merged']} merged{groups},\n"
+            f"{counts['pruned']} pruned"
+        )
+    for axis, panel, text in zip(axes[0], panels, titles, strict=True):
+        axis.imshow(panel, interpolation="nearest")
+        axis.set_title(text, fontsize=8)
+        axis.axis("off")
+    handles = [
+        Patch(facecolor="white", edgecolor="gray"),
+        tuple(Patch(facecolor=color) for color in group_colors(3) / 255),  # a few groups' colours
+        Patch(facecolor=np.array(PRUNED_COLOR) / 255, edgecolor=np.array(PRUNED_MARK) / 255, hatch="xx"),
+    ]
+    labels = ["kept: the image shows", "merged: one colour per group", "pruned"]
+    figure.legend(
+        handles, labels, handler_map={tuple: HandlerTuple(ndivide=None, pad=0)}, loc="outside lower center",
+        ncol=3, fontsize=8, frameon=False,
+    )  # fmt: skip
+    figure.suptitle(title, fontsize=10)
+    figure.get_layout_engine().set(h_pad=0.1)  # room between the title and the panels' three-line titles
+    return figure
+
+
+def importance_figure(
+    model: ReducibleBackbone, traces: list[LayerTrace], title: str
+) -> matplotlib.figure.Figure:
+    """Per reducing layer, the score the method ranked tokens by, on the patch grid."""
+    plt = _pyplot()
     config = model.config
-    figure, axes = plt.subplots(1, len(traces), figsize=(2.6 * len(traces), 2.8), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(traces), figsize=(2.6 * len(traces), 3.0), squeeze=False, layout="constrained"
+    )
     for axis, trace_ in zip(axes[0], traces, strict=True):
         grid = np.full(config.seq_len, np.nan)
         if trace_.scores is not None:
@@ -152,7 +242,5 @@ def plot_importance(model: ReducibleBackbone, traces: list[LayerTrace], path: Pa
             f"after block {trace_.layer}" + ("" if trace_.scores is not None else " (no score)"), fontsize=8
         )
         axis.axis("off")
-    figure.suptitle(f"importance used by {model.reduction.method.name}", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    figure.suptitle(f"{title}\nimportance used by {model.reduction.method.name}", fontsize=9)
+    return figure

@@ -2,6 +2,7 @@ import argparse
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import mambatr
 from mambatr.models import CheckpointError
@@ -79,8 +80,33 @@ class NotAllowListed:
 def test_unsafe_pickle_is_refused(tmp_path, tiny_vim):
     path = tmp_path / "evil.pth"
     torch.save({"model": tiny_vim().state_dict(), "extra": NotAllowListed()}, path)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError) as error:
         mambatr.load_checkpoint(tiny_vim(), path)
+    message = str(error.value)
+    assert "holds code" in message and "NotAllowListed" in message and "refused" in message
+    assert "\n" not in message and "\x1b" not in message and "weights_only=False" not in message
+
+
+def test_unreadable_checkpoint_files_say_what_they_are(tmp_path, tiny_vim):
+    """A folder, a text file, a truncated .pth and a truncated .safetensors: one line naming the file."""
+    torch.save({"model": tiny_vim().state_dict()}, tmp_path / "good.pth")
+    save_file(tiny_vim().state_dict(), str(tmp_path / "good.safetensors"))
+    (tmp_path / "notes.pth").write_text("lr: 0.001\nepochs: 300\n")
+    (tmp_path / "truncated.pth").write_bytes((tmp_path / "good.pth").read_bytes()[:300])
+    (tmp_path / "truncated.safetensors").write_bytes((tmp_path / "good.safetensors").read_bytes()[:300])
+    (tmp_path / "text.safetensors").write_text("not weights")
+    (tmp_path / "folder.pth").mkdir()
+    expected = {
+        "folder.pth": "is a folder, not a weights file",
+        "notes.pth": "is not a PyTorch checkpoint",
+        "truncated.pth": "is a damaged PyTorch checkpoint",
+        "truncated.safetensors": "is not a readable safetensors file",
+        "text.safetensors": "is not a readable safetensors file",
+    }
+    for name, words in expected.items():
+        with pytest.raises(CheckpointError) as error:
+            mambatr.load_checkpoint(tiny_vim(), tmp_path / name)
+        assert words in str(error.value) and name in str(error.value) and "\n" not in str(error.value)
 
 
 def test_missing_file(tiny_vim):

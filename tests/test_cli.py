@@ -1,10 +1,13 @@
+import importlib.metadata
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from fake_data import write_fashion_mnist
 
 from mambatr.cli import main
+from mambatr.models import model_entry
 from mambatr.train import Recipe, train
 
 SMALL = dict(
@@ -102,4 +105,153 @@ def test_errors_are_clear(trained, capsys):
     assert "has no shipped weights" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(_eval(root, out, "--method", "mtr", "--flops-reduction", "0.95"))
-    assert "flops_reduction must be in (0, 0.9)" in capsys.readouterr().err
+    assert "--flops-reduction must be in (0, 0.9)" in capsys.readouterr().err  # the flag, not the argument
+    with pytest.raises(SystemExit):
+        main(_eval(root, out, "--method", "mtr", "--flops-reduction", "0.3", "--ratio", "0.2"))
+    assert "give exactly one of --flops-reduction (a FLOPs target) or --ratio" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(_eval(root, out, "--ratio", "0.2"))
+    assert "--ratio needs --method" in capsys.readouterr().err
+
+
+def _user_error(capsys, argv: list[str]) -> str:
+    """Run the CLI expecting a user error: exit status 2, nothing on stdout, one line on stderr (besides
+    progress bars)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.out == ""
+    lines = captured.err.replace("\r", "\n").splitlines()
+    lines = [line for line in lines if line.strip() and "%|" not in line]  # tqdm draws "NN%|###|"
+    assert len(lines) == 1 and lines[0].startswith("mambatr"), captured.err
+    return lines[0]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"mambatr {importlib.metadata.version('mambatr')}\n"
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--limit", "-5"), ("--limit", "0"), ("--threads", "0"), ("--batch-size", "0")]
+)
+def test_counts_must_be_positive(trained, capsys, flag, value):
+    root, out, _ = trained
+    line = _user_error(capsys, _eval(root, out, flag, value))
+    assert f"argument {flag}: expected a positive integer, got '{value}'" in line
+
+
+def test_eval_json_is_one_document_and_progress_goes_to_stderr(trained, capsys):
+    root, out, _ = trained
+    main(_eval(root, out, "--json", "--threads", "1"))
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["images"] == 40  # stdout is exactly one JSON document
+    assert "eval vim_custom" in captured.err and "img" in captured.err  # the tqdm bar
+
+
+def test_checkpoint_of_another_model_is_refused(trained, capsys, tmp_path):
+    """The JSON beside an export sets the architecture: another model's export would be built and
+    reported under the wrong name (bench --model vim_tiny reported a vim_fmnist as vim_tiny)."""
+    root, out, _ = trained
+    shipped = str(model_entry("vim_fmnist").weights)
+    line = _user_error(capsys, ["bench", "--model", "vim_tiny", "--checkpoint", shipped, "--runs", "1"])
+    assert "holds a vim_fmnist" in line and "not a vim_tiny" in line and "pass --model vim_fmnist" in line
+    ours = str(out / "vim_custom.safetensors")
+    line = _user_error(capsys, ["eval", "--model", "vim_tiny", "--checkpoint", ours, "--data", str(root)])
+    assert "holds a vim_custom" in line and "not a vim_tiny" in line and "embed_dim 16 vs 192" in line
+    line = _user_error(capsys, ["eval", "--model", "plainmamba_fmnist", "--checkpoint", shipped])
+    assert "not a plainmamba_fmnist: another model family" in line and "PlainMamba" in line
+
+
+class NotAllowListed:
+    """A class outside the checkpoint allow-list: unpickling it could run code."""
+
+
+def test_checkpoint_and_data_paths_say_what_is_wrong(trained, capsys, tmp_path):
+    root, out, _ = trained
+    folder = tmp_path / "weights.pth"
+    folder.mkdir()
+    text = tmp_path / "notes.pth"
+    text.write_text("lr: 0.001\n")
+    pickled = tmp_path / "code.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "hook": NotAllowListed()}, pickled)
+    truncated = tmp_path / "vim_custom.safetensors"
+    truncated.write_bytes((out / "vim_custom.safetensors").read_bytes()[:100])
+    base = ["eval", "--model", "vim_custom", "--data", str(root), "--checkpoint"]
+    assert "is a folder, not a weights file" in _user_error(capsys, [*base, str(folder)])
+    assert "is not a PyTorch checkpoint" in _user_error(capsys, [*base, str(text)])
+    line = _user_error(capsys, [*base, str(pickled)])
+    assert "holds code" in line and "refused" in line and "weights_only" not in line and "\x1b" not in line
+    line = _user_error(capsys, [*base, str(truncated)])
+    assert f"{truncated} is not a readable safetensors file" in line
+    data_file = tmp_path / "t10k-images-idx3-ubyte"
+    data_file.write_bytes(b"")
+    line = _user_error(
+        capsys,
+        [
+            "eval",
+            "--model",
+            "vim_custom",
+            "--checkpoint",
+            str(out / "vim_custom.safetensors"),
+            "--data",
+            str(data_file),
+        ],
+    )
+    assert f"{data_file} is a file" in line
+
+
+def test_train_refuses_bad_out_before_work(trained, capsys, tmp_path):
+    root = trained[0]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    train_args = ["train", "--model", "vim_custom", "--data", str(root), "--limit", "8", "--epochs", "1"]
+    assert f"--out {a_file} is a file, not a folder" in _user_error(
+        capsys, [*train_args, "--out", str(a_file)]
+    )
+    missing = tmp_path / "never_created"
+    line = _user_error(capsys, [*train_args, "--resume", "--out", str(missing)])
+    assert "--resume: no checkpoint" in line and not missing.exists()
+    line = _user_error(capsys, [*train_args, "--random-erasing", "1.5", "--out", str(missing)])
+    assert "--random-erasing=1.5" in line and not missing.exists()
+
+
+@pytest.mark.skipif(not Path("/sys").is_dir(), reason="needs Linux's /sys, unwritable even for root")
+def test_unwritable_out_is_refused(trained, capsys):
+    root = trained[0]
+    line = _user_error(
+        capsys, ["train", "--model", "vim_custom", "--data", str(root), "--out", "/sys/mambatr/run"]
+    )
+    assert "--out /sys/mambatr/run: cannot write in /sys" in line
+
+
+def test_a_bug_raising_key_error_is_not_reported_as_bad_input(monkeypatch):
+    import mambatr.cli as cli
+
+    def broken(args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_flops", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        main(["flops", "--model", "vim_small"])
+
+
+def test_unreadable_image_is_named_not_a_worker_traceback(image_folder_with_bad_files, capsys):
+    argv, val = image_folder_with_bad_files
+    line = _user_error(capsys, argv)
+    assert f"{val / 'a' / '2.jpg'}: cannot read the image" in line and "--skip-bad-images" in line
+
+
+def test_skip_bad_images_counts_and_lists_them(image_folder_with_bad_files, capsys):
+    argv, val = image_folder_with_bad_files
+    main([*argv, "--skip-bad-images", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 4 and result["skipped"] == 2
+    assert [line.split(": ")[0] for line in result["skipped_images"]] == [
+        str(val / "a" / "2.jpg"),
+        str(val / "b" / "1.jpg"),
+    ]
+    main([*argv, "--skip-bad-images"])
+    assert "skipped 2 unreadable file(s)" in capsys.readouterr().out

@@ -83,6 +83,17 @@ def test_eval_and_sweep_under_torchrun_equal_single_process(data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
 
 
+def test_skipped_images_of_every_rank_are_reported(image_folder_with_bad_files):
+    """Batches of 2: the text file (image 2) is rank 1's, the truncated JPEG (image 4) rank 0's."""
+    argv, val = image_folder_with_bad_files
+    launched = _run(_torchrun(["-m", "mambatr", *argv, "--batch-size", "2", "--skip-bad-images", "--json"]))
+    assert launched.returncode == 0, launched.stderr
+    result = json.loads(launched.stdout)
+    assert result["images"] == 4 and result["skipped"] == 2
+    skipped = sorted(line.split(": ")[0] for line in result["skipped_images"])
+    assert skipped == [str(val / "a" / "2.jpg"), str(val / "b" / "1.jpg")]
+
+
 def test_a_failing_rank_fails_the_run_instead_of_hanging(data):
     launched = _run(_torchrun([str(HERE / "distributed_worker.py"), "--fail-rank", "1", "--data", str(data)]))
     assert launched.returncode != 0

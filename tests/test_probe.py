@@ -170,7 +170,7 @@ def test_probe_command_json_and_table(tmp_path, capsys):
         (["--after", "2"], "out of range"),  # depth 3: prune after blocks 0..1
         (["--remove", "16"], "the model has 16 patch tokens"),
         (["--remove", "a,b"], "--remove expects comma-separated integers"),
-        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--seeds", "0"], "argument --seeds: expected a positive integer, got '0'"),
     ],
 )
 def test_probe_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):

@@ -213,9 +213,9 @@ def test_checkpoint_without_the_new_recipe_keys_resumes(data_root, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--random-erasing", "1.5"], "invalid recipe: random_erasing=1.5"),
-        (["--mixup", "-1"], "invalid recipe: mixup=-1.0"),
-        (["--drop-path", "1"], "drop_path=1.0"),
+        (["--random-erasing", "1.5"], "invalid recipe: --random-erasing=1.5"),  # flags, not fields
+        (["--mixup", "-1"], "invalid recipe: --mixup=-1.0"),
+        (["--drop-path", "1"], "--drop-path=1.0"),
         (
             ["--model", "plainmamba_custom", "--drop-path", "0.1"],
             "unknown PlainMambaConfig fields ['drop_path_rate']",

@@ -1,7 +1,7 @@
 """Datasets: Fashion-MNIST images and clips (in memory), ImageNet folders, Kinetics-style frame folders."""
 
 from mambatr.data.batches import augment_batch, iterate_batches, to_model_input
-from mambatr.data.errors import DatasetError, DatasetNotFoundError
+from mambatr.data.errors import DatasetError, DatasetNotFoundError, UnreadableImageError
 from mambatr.data.fashion_mnist import (
     DEFAULT_ROOT,
     FASHION_MNIST_CLASSES,
@@ -53,6 +53,7 @@ __all__ = [
     "VAL_SIZE",
     "DatasetError",
     "DatasetNotFoundError",
+    "UnreadableImageError",
     "EvalTransform",
     "ImageFolder",
     "augment_batch",

@@ -9,3 +9,7 @@ class DatasetError(ValueError):
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """A dataset file or folder does not exist."""
+
+
+class UnreadableImageError(DatasetError):
+    """An image file that cannot be decoded (truncated, corrupt, not an image); the message names it."""

@@ -63,6 +63,8 @@ def load_fashion_mnist(split: str, root: str | Path | None = None) -> tuple[torc
     if split not in SPLITS:
         raise ValueError(f"unknown Fashion-MNIST split {split!r}; choose from {', '.join(SPLITS)}")
     root = DEFAULT_ROOT if root is None else Path(root)
+    if root.is_file():
+        raise DatasetError(f"Fashion-MNIST directory {root} is a file: pass the folder holding the IDX files")
     if not root.is_dir():
         raise DatasetNotFoundError(f"Fashion-MNIST directory {root} does not exist: {_INSTALL_HINT}")
     paths = tuple(_find(root, name) for name in _FILES["test" if split == "test" else "train"])

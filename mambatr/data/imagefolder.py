@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from mambatr.data.errors import DatasetError, DatasetNotFoundError
+from mambatr.data.errors import DatasetError, DatasetNotFoundError, UnreadableImageError
 
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -38,6 +38,8 @@ class ImageFolder(torch.utils.data.Dataset):
     ) -> None:
         self.root = Path(root)
         self.transform = transform
+        if self.root.is_file():
+            raise DatasetError(f"image folder {self.root} is a file: pass the folder of class folders")
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"image folder {self.root} does not exist")
         self.classes = sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
@@ -63,7 +65,11 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, target = self.samples[index]
-        image = load_rgb(path)
+        try:
+            image = load_rgb(path)
+        except OSError as error:  # PIL's truncated-file and UnidentifiedImageError alike, file not named
+            reason = "not an image format PIL reads" if isinstance(error, UnidentifiedImageError) else error
+            raise UnreadableImageError(f"{path}: cannot read the image ({reason})") from error
         return (self.transform(image) if self.transform is not None else image), target
 
 

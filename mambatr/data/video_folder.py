@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from mambatr.data.errors import DatasetError, DatasetNotFoundError
+from mambatr.data.errors import DatasetError, DatasetNotFoundError, UnreadableImageError
 from mambatr.data.imagefolder import IMG_EXTENSIONS, load_rgb
 from mambatr.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -134,6 +134,8 @@ def parse_annotation(path: str | Path, delimiter: str | None = None) -> list[tup
     whitespace otherwise (the official default ``--split ' '``). Blank lines are skipped, like pandas.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"annotation file {path} is a folder: pass the CSV or text file")
     if not path.is_file():
         raise DatasetNotFoundError(f"annotation file {path} does not exist")
     rows: list[tuple[str, int, int]] = []
@@ -208,6 +210,8 @@ class VideoFrameFolder(torch.utils.data.Dataset):
         if len(mean) != 3 or len(std) != 3:
             raise ValueError("mean and std need one value per RGB channel")
         self.root = Path(root)
+        if self.root.is_file():
+            raise DatasetError(f"video frame root {self.root} is a file: pass the folder of frame folders")
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"video frame root {self.root} does not exist")
         self.annotation_file = Path(annotation_file)
@@ -299,7 +303,7 @@ class VideoFrameFolder(torch.utils.data.Dataset):
             try:
                 image = load_rgb(files[index])
             except (OSError, UnidentifiedImageError) as error:
-                raise DatasetError(
+                raise UnreadableImageError(
                     f"{self.annotation_file}:{self.lines[video]}: cannot read {files[index]}: {error}"
                 ) from error
             if size is not None and image.size != size:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from mambatr.models import (
@@ -36,12 +38,41 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     load_into(model, state_dict, source=str(path))
 
 
-def exported_config(checkpoint: str | Path) -> dict:
-    """The architecture stored beside a ``mambatr train`` export (``X.safetensors`` + ``X.json``), if any."""
-    sidecar = Path(checkpoint).with_suffix(".json")
-    if Path(checkpoint).suffix != ".safetensors" or not sidecar.is_file():
+def exported_config(checkpoint: str | Path, name: str) -> dict:
+    """The architecture stored beside a ``mambatr train`` export (``X.safetensors`` + ``X.json``), if any.
+
+    It replaces the named model's architecture, so an export of another model is refused, naming both:
+    ``vim_tiny`` with a ``vim_fmnist`` export would otherwise build, and be reported as, the wrong model.
+    """
+    checkpoint = Path(checkpoint)
+    sidecar = checkpoint.with_suffix(".json")
+    if checkpoint.suffix != ".safetensors" or not sidecar.is_file():
         return {}
-    return dict(json.loads(sidecar.read_text()).get("config", {}))
+    try:
+        info = json.loads(sidecar.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{sidecar} (beside {checkpoint.name}) is not valid JSON: {error}") from None
+    config = dict(info.get("config", {}))
+    exported = info.get("model", name)
+    if exported != name:
+        with torch.device("meta"):  # the named model's own architecture, shapes only
+            named = model_entry(name).builder()
+        defaults = json.loads(json.dumps({k: v for k, v in asdict(named.config).items() if k != "extra"}))
+        foreign = sorted(set(config) - set(defaults))
+        if foreign:
+            raise CheckpointError(
+                f"{checkpoint} holds a {exported} (per {sidecar.name}), not a {name}: another model family "
+                f"({type(named).__name__} has no fields {foreign}); pass --model {exported}"
+            )
+        differing = [
+            f"{key} {value} vs {defaults[key]}" for key, value in config.items() if defaults[key] != value
+        ]
+        if differing:
+            raise CheckpointError(
+                f"{checkpoint} holds a {exported} (per {sidecar.name}), not a {name}: "
+                f"{', '.join(differing)}; pass --model {exported}"
+            )
+    return config
 
 
 def create_model(
@@ -50,11 +81,12 @@ def create_model(
     """Build a registered model; ``pretrained`` loads its shipped weights, ``checkpoint`` a file of yours.
 
     A ``mambatr train`` export carries its architecture in a JSON file beside the weights: it is used
-    as overrides (explicit ``overrides`` win), so a custom-size model loads by its file alone.
+    as overrides (explicit ``overrides`` win), so a custom-size model loads by its file alone; an
+    export of another model is refused (``exported_config``).
     """
     entry = model_entry(name)
     if checkpoint is not None:
-        overrides = {**exported_config(checkpoint), **overrides}
+        overrides = {**exported_config(checkpoint, name), **overrides}
     model = entry.builder(**overrides)
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -19,23 +21,51 @@ class CheckpointError(ValueError):
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read weights from a .pth/.pt training checkpoint or a .safetensors file, never fully unpickling."""
+    """Read weights from a .pth/.pt training checkpoint or a .safetensors file, never fully unpickling.
+
+    Every failure is a one-line error naming the file: a folder, a file that is not a checkpoint at
+    all, a truncated one, or a pickle holding objects outside the allow-list (refused, never loaded).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a weights file (.pth or .safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({error})") from None
+    if not _is_torch_file(path):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither torch.save's zip archive nor its legacy pickle)"
+        )
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError / RuntimeError with the offending global
+    except pickle.UnpicklingError as error:  # the weights-only unpickler met a global outside the allow-list
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        allowed = ", ".join(cls.__module__ + "." + cls.__qualname__ for cls in SAFE_GLOBALS)
         raise CheckpointError(
-            f"cannot load {path} with torch.load(weights_only=True) and allow-list "
-            f"{[cls.__module__ + '.' + cls.__qualname__ for cls in SAFE_GLOBALS]}: {error}"
-        ) from error
+            f"{path} holds code: pickled objects outside the allow-list (tensors, plain containers, "
+            f"{allowed}){f', e.g. {found[1]}' if found else ''}; refused, as unpickling them could run it"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # a truncated or damaged file
+        text = str(error).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else "it ends early"  # torch's first sentence
+        raise CheckpointError(f"{path} is a damaged PyTorch checkpoint ({reason})") from None
     return extract_state_dict(obj, source=str(path))
+
+
+def _is_torch_file(path: Path) -> bool:
+    """True for what ``torch.save`` writes, even truncated: a zip archive, or (legacy format) a pickle
+    that starts with its magic number (``PROTO n`` then ``LONG1`` of 10 bytes)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    return head == b"PK\x03\x04" or (len(head) == 4 and head[0] == 0x80 and head[2:] == b"\x8a\x0a")
 
 
 def extract_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

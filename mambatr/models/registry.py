@@ -25,6 +25,14 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
+class UnknownModelError(KeyError, ValueError):
+    """A model name that is not registered: a KeyError for lookups, a ValueError for callers (the CLI)
+    that report bad input plainly, without catching every KeyError a bug could raise."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # KeyError would print the message's repr
+
+
 def register_model(
     name: str, description: str, weights: Path | None = None, dataset: str = "imagenet"
 ) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -43,5 +51,5 @@ def list_models() -> list[str]:
 
 def model_entry(name: str) -> ModelEntry:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(list_models())}")
     return _REGISTRY[name]
