@@ -34,7 +34,7 @@ RECIPE_FLAGS = (
     "mixup_switch_prob",
     "drop_path",
 )
-REDUCTION_FLAGS = ("flops_reduction", "ratio", "layers", "indicator", "strategy", "option")
+REDUCTION_FLAGS = ("flops_reduction", "ratio", "layers", "indicator", "strategy", "option", "schedule")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -208,6 +208,8 @@ def _reduction_options(args: argparse.Namespace) -> dict:
             options["layers"] = [int(x) for x in args.layers.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--layers expects comma-separated block indices, got {args.layers!r}") from None
+    if args.schedule is not None:
+        options["schedule"] = args.schedule
     return {"flops_reduction": args.flops_reduction, "ratio": args.ratio, **options}
 
 
@@ -373,6 +375,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _add_reduction_args(parser: argparse.ArgumentParser) -> None:
     from mambatr.reduction import METHODS
+    from mambatr.reduction.mtr import INDICATORS
 
     group = parser.add_argument_group("token reduction")
     group.add_argument("--method", choices=sorted(METHODS), help="token-reduction method (default: none)")
@@ -381,9 +384,14 @@ def _add_reduction_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--layers", help="comma-separated 0-indexed blocks to reduce after (default: per depth)"
     )
-    group.add_argument("--indicator", help="MTR importance indicator: delta, B, C, cls, norm, random")
+    group.add_argument("--indicator", help=f"MTR importance indicator: {', '.join(INDICATORS)}")
     group.add_argument("--strategy", help="MTR strategy: merge, prune, hybrid")
     group.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other method option")
+    group.add_argument(
+        "--schedule",
+        metavar="FILE",
+        help="a schedule from `mambatr calibrate` (fixes the layers, counts and options; with --method)",
+    )
 
 
 def _sweep_grid(args: argparse.Namespace) -> tuple[list[str], list[float]]:
@@ -588,6 +596,67 @@ def cmd_probe(args: argparse.Namespace) -> None:
         print(probe_table(args.model, result))
 
 
+def _calibration_images(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.Tensor, str]:
+    """The first --images images of the testbed's val or train split, or a seeded random sample of an
+    image folder; labels are never read. Never the test split."""
+    from mambatr import data
+    from mambatr.data.tasks import TESTBEDS
+
+    dataset = model_entry(args.model).dataset
+    if dataset in TESTBEDS:
+        images, _ = TESTBEDS[dataset].load(args.split, args.data)
+        return TESTBEDS[dataset].to_input(images[: args.images]), f"{dataset} {args.split}[:{args.images}]"
+    if dataset == "kinetics":
+        raise ValueError("calibrate supports image models; video models are not supported yet")
+    if args.data is None:
+        raise ValueError(f"model {args.model!r} needs calibration images: pass --data /path/to/image/folder")
+    folder = data.ImageFolder(
+        args.data, transform=data.build_eval_transform(input_size=model.config.img_size)
+    )
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[: args.images]
+    images = torch.stack([folder[int(i)][0] for i in order])
+    return images, f"{args.data} ({len(images)} images, seeded sample)"
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    """Find a schedule (layers and counts) for a method and FLOPs target on unlabeled images."""
+    from mambatr.reduction import calibrate
+
+    check_writable_file(args.out, "--out")
+    torch.set_num_threads(args.threads)
+    model = _load_model(args)
+    images, source = _calibration_images(args, model)
+    options = _reduction_options(args)
+    for flag in ("flops_reduction", "ratio", "layers", "schedule"):
+        options.pop(flag, None)
+    with _flag_names(("flops_reduction", "step")):
+        schedule = calibrate(
+            model,
+            args.method,
+            args.flops_reduction,
+            images,
+            step=args.step,
+            batch_size=args.batch_size,
+            model_name=args.model,
+            source=source,
+            command="mambatr " + " ".join(sys.argv[1:]),
+            **options,
+        )
+    schedule.save(args.out)
+    if args.json:
+        print(json.dumps(schedule.to_dict(), indent=2))
+        return
+    rows = [[layer, count] for layer, count in sorted(schedule.removals.items())]
+    print(markdown_table(["after block", "tokens removed"], rows))
+    print(
+        f"\n{args.method} on {args.model}: FLOPs reduction {schedule.flops_reduction_achieved:.2%} "
+        f"(target {args.flops_reduction:.0%}), mean KL to the dense model {schedule.objective:.4g} "
+        f"on {source}, "
+        f"{schedule.calibration['evaluations']} evaluations in {schedule.calibration['seconds']} s; "
+        f"written to {args.out}"
+    )
+
+
 def _add_video_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("video models (Kinetics-style frame folders)")
     group.add_argument(
@@ -768,6 +837,33 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     probe.add_argument("--device", default="cpu", help="cpu or cuda")
     probe.set_defaults(run=cmd_probe)
+
+    from mambatr.reduction import METHODS
+
+    calibration = commands.add_parser(
+        "calibrate", help="find where and how many tokens to reduce for a method, on unlabeled images"
+    )
+    _add_model_args(calibration)
+    calibration.add_argument("--checkpoint", help="weights file; default: the model's shipped weights")
+    calibration.add_argument("--data", help="Fashion-MNIST directory, or a folder of calibration images")
+    calibration.add_argument("--method", required=True, choices=sorted(METHODS), help="reduction method")
+    calibration.add_argument(
+        "--flops-reduction", type=float, required=True, help="FLOPs-reduction target in (0, 0.9)"
+    )
+    calibration.add_argument("--images", type=positive_int, default=500, help="calibration images")
+    calibration.add_argument(
+        "--split", default="val", choices=["val", "train"], help="Fashion-MNIST split (never test)"
+    )
+    calibration.add_argument(
+        "--step", type=positive_int, help="tokens added per search move (default: about 4 %% of the tokens)"
+    )
+    calibration.add_argument("--batch-size", type=positive_int, default=256)
+    calibration.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
+    calibration.add_argument("--indicator", help="MTR importance indicator")
+    calibration.add_argument("--strategy", help="MTR strategy")
+    calibration.add_argument("--option", action="append", metavar="KEY=VALUE", help="any other method option")
+    calibration.add_argument("--out", default="schedule.json", help="schedule JSON to write")
+    calibration.set_defaults(run=cmd_calibrate, ratio=None, layers=None, schedule=None)
 
     demo = commands.add_parser("demo", help="the shipped vim_fmnist model on Fashion-MNIST: a results table")
     demo.add_argument("--data", help="Fashion-MNIST directory")

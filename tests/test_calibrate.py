@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +91,70 @@ def test_unreachable_target_and_bad_input_are_refused():
         mambatr.calibrate(tiny_model(), "mtr", 0.95, images(), progress=False)
     with pytest.raises(ValueError, match="at least one image"):
         mambatr.calibrate(tiny_model(), "mtr", 0.3, images()[:0], progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_trained(tmp_path_factory):
+    """A tiny vim_custom exported with its JSON, and fake Fashion-MNIST data; a copy of the data whose
+    labels are all one class."""
+    from fake_data import write_fashion_mnist, write_idx
+
+    from mambatr.train import Recipe, train
+
+    root = write_fashion_mnist(tmp_path_factory.mktemp("data"))
+    one_class = write_fashion_mnist(tmp_path_factory.mktemp("one_class"))
+    for prefix, count in (("train", 5_100), ("t10k", 40)):
+        write_idx(one_class / f"{prefix}-labels-idx1-ubyte", np.zeros(count, dtype=np.uint8))
+    out = tmp_path_factory.mktemp("run")
+    overrides = dict(SMALL, patch_size=7, stride=7, depth=4)
+    train(Recipe(model="vim_custom", epochs=1, batch_size=32, threads=1, model_overrides=overrides), out,
+          data_root=str(root), limit=64)  # fmt: skip
+    return root, one_class, out / "vim_custom.safetensors"
+
+
+def test_cli_calibrate_reads_no_labels_and_eval_uses_the_schedule(tiny_trained, tmp_path, capsys):
+    from mambatr.cli import main
+
+    root, one_class, checkpoint = tiny_trained
+    base = ["calibrate", "--model", "vim_custom", "--checkpoint", str(checkpoint), "--method", "mtr"]
+    base += ["--flops-reduction", "0.2", "--images", "16", "--step", "2", "--threads", "1", "--json"]
+    schedules = []
+    for data, name in ((root, "a.json"), (one_class, "b.json")):
+        main([*base, "--data", str(data), "--out", str(tmp_path / name)])
+        schedules.append(json.loads(capsys.readouterr().out))
+    assert schedules[0]["removals"] == schedules[1]["removals"]
+    assert schedules[0]["objective"] == schedules[1]["objective"]
+    assert Schedule.load(tmp_path / "a.json").to_dict() == schedules[0]
+    evaluation = ["eval", "--model", "vim_custom", "--checkpoint", str(checkpoint), "--data", str(root)]
+    main([*evaluation, "--method", "mtr", "--schedule", str(tmp_path / "a.json"), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert abs(result["flops_reduction_achieved"] - 0.2) <= TOLERANCE
+    assert result["removals"] == schedules[0]["removals"]  # both as JSON (string keys)
+
+
+def test_cli_refuses_a_schedule_with_other_reduction_flags(tiny_trained, tmp_path, capsys):
+    from mambatr.cli import main
+
+    root, _, checkpoint = tiny_trained
+    schedule = mambatr.calibrate(
+        tiny_model(), "mtr", 0.2, images(), step=4, model_name="tiny", progress=False
+    )
+    schedule.save(tmp_path / "s.json")
+    evaluation = ["eval", "--model", "vim_custom", "--checkpoint", str(checkpoint), "--data", str(root)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*evaluation, "--method", "mtr", "--schedule", str(tmp_path / "s.json")])
+    assert exit_info.value.code == 2
+    assert "schedule was made for tiny" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(
+            [
+                *evaluation,
+                "--method",
+                "mtr",
+                "--schedule",
+                str(tmp_path / "s.json"),
+                "--flops-reduction",
+                "0.3",
+            ]
+        )
+    assert "--flops-reduction" in capsys.readouterr().err

@@ -5,8 +5,11 @@ Like a quantisation calibration step: for a method and a FLOPs target, a greedy 
 calibration images (mean KL(dense || reduced); no labels are read). Each round tries adding ``step``
 tokens to the removal after every block and keeps the move that costs the least KL per point of
 FLOPs saved, until the analytic FLOPs reduction (the method's overhead included) is within 0.5 points
-of the target; a move that would overshoot is shortened to land inside. A round costs one evaluation
-per block, so a schedule costs about depth x (number of rounds) forward passes over the images.
+of the target; a move that would overshoot is shortened to land inside. A full round evaluates one
+move per block; between full rounds (every ``FULL_ROUND_EVERY``-th) only the ``LAZY_CANDIDATES``
+blocks whose moves were cheapest last time are re-evaluated (a lazy greedy: a block's cost changes
+slowly as the schedule grows), so a schedule costs about (depth + LAZY_CANDIDATES x rounds) forward
+passes over the calibration images.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Te
     return torch.cat([model(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
 
 
+LAZY_CANDIDATES = 4
+FULL_ROUND_EVERY = 4
+
+
 def search(
     config: BackboneConfig,
     method: ReductionMethod,
@@ -57,32 +64,62 @@ def search(
     if step < 1:
         raise ValueError(f"step must be >= 1 token, got {step}")
     removals: dict[int, int] = {}
-    achieved, current, evaluations = 0.0, 0.0, 0
+    achieved, current, evaluations, rounds = 0.0, 0.0, 0, 0
+    last_cost = {layer: 0.0 for layer in range(config.depth - 1)}  # cost per point at its last evaluation
     bar = tqdm(total=round(100 * target, 1), desc="calibrating (FLOPs %)", disable=not progress, leave=False)
     while achieved < target - TOLERANCE:
-        best: tuple[float, float, float, dict[int, int]] | None = None  # (cost per point, -gain, kl, trial)
-        for layer in range(config.depth - 1):
-            trial = _feasible_move(config, method, removals, layer, step, target)
-            if trial is None:
-                continue
-            gain = achieved_reduction(config, method, trial) - achieved
-            if gain <= 0:
-                continue
-            kl = objective(trial)
-            evaluations += 1
-            candidate = ((kl - current) / gain, -gain, kl, trial)
-            if best is None or candidate[:2] < best[:2]:
-                best = candidate
+        layers = sorted(last_cost, key=last_cost.get)
+        if rounds % FULL_ROUND_EVERY:
+            layers = layers[:LAZY_CANDIDATES]
+        best = _best_move(config, method, removals, layers, step, target, objective, achieved, current)
+        if best is None and len(layers) < len(last_cost):  # the lazy candidates are exhausted: try all
+            layers = sorted(last_cost, key=last_cost.get)
+            best = _best_move(config, method, removals, layers, step, target, objective, achieved, current)
         if best is None:
             raise ValueError(
                 f"{method.name}: no schedule reaches {target:.1%} FLOPs reduction "
                 f"(stuck at {achieved:.1%}); choose a smaller target"
             )
-        _, _, current, removals = best
+        costs, current, removals = best
+        evaluations += len(costs)
+        last_cost.update(costs)
+        for layer in set(layers) - set(costs):  # no valid move there any more
+            last_cost[layer] = float("inf")
+        rounds += 1
         previous, achieved = achieved, achieved_reduction(config, method, removals)
         bar.update(round(100 * (achieved - previous), 1))
     bar.close()
     return removals, current, evaluations
+
+
+def _best_move(
+    config: BackboneConfig,
+    method: ReductionMethod,
+    removals: dict[int, int],
+    layers: list[int],
+    step: int,
+    target: float,
+    objective: Callable[[dict[int, int]], float],
+    achieved: float,
+    current: float,
+) -> tuple[dict[int, float], float, dict[int, int]] | None:
+    """Evaluate one move per layer; (each evaluated layer's KL cost per FLOPs point, the best move's KL,
+    the best move) or None when no layer has a valid move. Ties go to the larger FLOPs gain."""
+    costs: dict[int, float] = {}
+    best: tuple[float, float, float, dict[int, int]] | None = None  # (cost, -gain, kl, trial)
+    for layer in layers:
+        trial = _feasible_move(config, method, removals, layer, step, target)
+        if trial is None:
+            continue
+        gain = achieved_reduction(config, method, trial) - achieved
+        if gain <= 0:
+            continue
+        kl = objective(trial)
+        costs[layer] = (kl - current) / gain
+        candidate = (costs[layer], -gain, kl, trial)
+        if best is None or candidate[:2] < best[:2]:
+            best = candidate
+    return None if best is None else (costs, best[2], best[3])
 
 
 def _feasible_move(
