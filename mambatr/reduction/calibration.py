@@ -66,7 +66,13 @@ def search(
     removals: dict[int, int] = {}
     achieved, current, evaluations, rounds = 0.0, 0.0, 0, 0
     last_cost = {layer: 0.0 for layer in range(config.depth - 1)}  # cost per point at its last evaluation
-    bar = tqdm(total=round(100 * target, 1), desc="calibrating (FLOPs %)", disable=not progress, leave=False)
+    bar = tqdm(
+        total=round(100 * target, 1),
+        desc="calibrating (FLOPs %)",
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}]",
+        disable=not progress,
+        leave=False,
+    )
     while achieved < target - TOLERANCE:
         layers = sorted(last_cost, key=last_cost.get)
         if rounds % FULL_ROUND_EVERY:
