@@ -158,3 +158,21 @@ def test_cli_refuses_a_schedule_with_other_reduction_flags(tiny_trained, tmp_pat
             ]
         )
     assert "--flops-reduction" in capsys.readouterr().err
+
+
+def test_schedule_chart_draws_a_png(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "schedule_chart.py"
+    spec = importlib.util.spec_from_file_location("schedule_chart", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    schedule = Schedule(
+        model="m", architecture={"depth": 6, "seq_len": 50, "embed_dim": 16, "has_cls": True}, method="mtr",
+        options={}, removals={1: 4, 3: 2}, flops_reduction_target=0.2, flops_reduction_achieved=0.2,
+        objective=0.1,
+    )  # fmt: skip
+    schedule.save(tmp_path / "s.json")
+    module.main([str(tmp_path / "s.json"), "--out", str(tmp_path / "s.png")])
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
