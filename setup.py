@@ -2,7 +2,8 @@
 
 torch must be importable while building, so install with ``pip install --no-build-isolation [-e] .``
 (scripts/setup.sh does): with pip's default build isolation torch is absent from the build environment,
-nothing is compiled here, and the kernels are compiled on first use instead (see mambatr/ops/_cpu_kernels.py).
+nothing is compiled here, and the kernels are compiled on first use instead
+(see src/mambatr/ops/_cpu_kernels.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-OPS = Path(__file__).resolve().parent / "mambatr" / "ops"
+OPS = Path(__file__).resolve().parent / "src" / "mambatr" / "ops"
 
 
 def kernel_build() -> dict:
@@ -33,7 +34,7 @@ def kernel_build() -> dict:
     (OPS / "_kernels.json").write_text(json.dumps(kernels.build_info()) + "\n")
     extension = CppExtension(
         "mambatr.ops._kernels",
-        sources=[f"mambatr/ops/csrc/{source}" for source in kernels.SOURCES],
+        sources=[f"src/mambatr/ops/csrc/{source}" for source in kernels.SOURCES],
         include_dirs=[str(OPS / "csrc")],
         extra_compile_args=kernels.cflags(),
         extra_link_args=kernels.LDFLAGS,

@@ -3,7 +3,7 @@
 Each run is either an exported ``<model>.json`` (written by ``mambatr train`` beside the safetensors)
 or a ``last.pth`` checkpoint of an unfinished run; only its recipe and per-epoch history are read.
 
-    python benchmarks/compare_training.py mambatr/weights/vim_fmnist.json \\
+    python benchmarks/compare_training.py src/mambatr/weights/vim_fmnist.json \\
         .train/vim_cpu_repro/vim_fmnist.json --names "H100 (shipped)" "CPU re-run"
 
 Prints the recipe fields that differ, a per-epoch table of validation top-1 and training loss, and

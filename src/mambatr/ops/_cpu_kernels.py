@@ -3,7 +3,7 @@
 Two ways in, from the same sources and flags:
 
 * **Installed** (what ``scripts/setup.sh`` does): ``pip install --no-build-isolation [-e] .`` compiles them
-  with setup.py's ``CppExtension`` into the package, as ``mambatr/ops/_kernels*.so`` plus
+  with setup.py's ``CppExtension`` into the package, as ``src/mambatr/ops/_kernels*.so`` plus
   ``_kernels.json`` (the -march target, the CPU and the torch version it was built for). ``load()`` uses
   that library when it fits this machine, this torch and ``$MAMBATR_CPU_MARCH``: nothing compiles at
   run time.
