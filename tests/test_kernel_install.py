@@ -7,7 +7,6 @@ import json
 import sys
 
 import pytest
-import torch
 
 from mambatr.ops import _cpu_kernels
 
@@ -29,7 +28,7 @@ def test_installed_library_is_used_when_it_fits(fake_install):
 
 def test_installed_library_for_another_torch_cpu_or_target_is_not_used(fake_install, monkeypatch):
     info = _cpu_kernels.build_info()
-    for other in ({**info, "torch": "1.0"}, {**info, "cpu": "deadbeef"}):
+    for other in ({**info, "torch": "1.0"}, {**info, "cpu": "deadbeef"}, {**info, "sources": "edited"}):
         (fake_install / "_kernels.json").write_text(json.dumps(other))
         assert _cpu_kernels.installed_library() is None
     (fake_install / "_kernels.json").write_text(json.dumps(info))
@@ -38,7 +37,7 @@ def test_installed_library_for_another_torch_cpu_or_target_is_not_used(fake_inst
 
 
 def test_portable_install_is_used_unless_another_target_is_asked(fake_install, monkeypatch):
-    portable = {"march": "x86-64-v3", "cpu": "any", "torch": torch.__version__}
+    portable = {**_cpu_kernels.build_info(), "march": "x86-64-v3", "cpu": "any"}
     (fake_install / "_kernels.json").write_text(json.dumps(portable))
     assert _cpu_kernels.installed_library() is not None
     monkeypatch.setenv(_cpu_kernels.MARCH_ENV, "haswell")

@@ -4,9 +4,9 @@ Two ways in, from the same sources and flags:
 
 * **Installed** (what ``scripts/setup.sh`` does): ``pip install --no-build-isolation [-e] .`` compiles them
   with setup.py's ``CppExtension`` into the package, as ``src/mambatr/ops/_kernels*.so`` plus
-  ``_kernels.json`` (the -march target, the CPU and the torch version it was built for). ``load()`` uses
-  that library when it fits this machine, this torch and ``$MAMBATR_CPU_MARCH``: nothing compiles at
-  run time.
+  ``_kernels.json`` (the -march target, the CPU, the torch version and a hash of the sources it was
+  built for). ``load()`` uses that library when it fits this machine, this torch, these sources and
+  ``$MAMBATR_CPU_MARCH``: nothing compiles at run time (edited sources are compiled on first use).
 * **Built on first use** otherwise, with ``torch.utils.cpp_extension.load``, into a folder unique to
   this installation (``$MAMBATR_KERNELS_DIR`` or ``~/.cache/mambatr/kernels``, then a hash of the
   package folder, the Python environment, torch and the target), so two virtual environments or two
@@ -21,6 +21,7 @@ the runtime torch already loaded, so ``at::parallel_for`` spreads them over torc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,6 +45,7 @@ _lock = threading.Lock()
 _loaded: str | None = None
 
 
+@functools.cache
 def _cpu_tag() -> str:
     """Short hash of the CPU model and feature flags (the -march=native target)."""
     text = platform.machine()
@@ -76,10 +78,24 @@ def extension_name() -> str:
     return f"mambatr_cpu_{_cpu_tag()}{suffix}"
 
 
+@functools.cache
+def _sources_tag() -> str:
+    """Short hash of the kernel sources: an installed library built from other sources is stale."""
+    digest = hashlib.sha1()
+    for path in sorted(p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def build_info() -> dict[str, str]:
     """What a build is for; written beside the installed library, compared before loading it."""
     target = march()
-    return {"march": target, "cpu": _cpu_tag() if target == "native" else "any", "torch": torch.__version__}
+    return {
+        "march": target,
+        "cpu": _cpu_tag() if target == "native" else "any",
+        "torch": torch.__version__,
+        "sources": _sources_tag(),
+    }
 
 
 def installed_library() -> Path | None:
@@ -90,7 +106,8 @@ def installed_library() -> Path | None:
         return None
     wanted = build_info()
     portable_ok = not os.environ.get(MARCH_ENV) and built.get("march") != "native"  # a portable install
-    if built.get("torch") != wanted["torch"] or (built != wanted and not portable_ok):
+    stale = any(built.get(key) != wanted[key] for key in ("torch", "sources"))
+    if stale or (built != wanted and not portable_ok):
         return None
     return next(iter(sorted(HERE.glob("_kernels*.so"))), None)
 
@@ -133,10 +150,11 @@ def load(verbose: bool = False) -> str:
         try:
             from torch.utils import cpp_extension
 
-            build_dir().mkdir(parents=True, exist_ok=True)
+            directory = build_dir()
+            directory.mkdir(parents=True, exist_ok=True)
             path = cpp_extension.load(
                 name=extension_name(),
-                build_directory=str(build_dir()),
+                build_directory=str(directory),
                 sources=[str(CSRC / s) for s in SOURCES],
                 extra_cflags=cflags(),
                 extra_ldflags=LDFLAGS,
@@ -146,7 +164,7 @@ def load(verbose: bool = False) -> str:
             )
         except Exception as err:  # compiler errors surface as several exception types
             raise RuntimeError(_failure(f"{type(err).__name__}: {err}")) from err
-        _loaded = str(path) if path else str(build_dir() / f"{extension_name()}.so")
+        _loaded = str(path) if path else str(directory / f"{extension_name()}.so")
         return _loaded
 
 
