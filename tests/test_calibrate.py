@@ -176,3 +176,24 @@ def test_schedule_chart_draws_a_png(tmp_path):
     schedule.save(tmp_path / "s.json")
     module.main([str(tmp_path / "s.json"), "--out", str(tmp_path / "s.png")])
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_schedule_transfer_applies_the_same_counts_with_another_method():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "schedule_transfer.py"
+    spec = importlib.util.spec_from_file_location("schedule_transfer", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = tiny_model()
+    x, labels = images(8), torch.arange(8) % 10
+    raw = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    dense = model(x)
+    schedule = mambatr.calibrate(model, "mtr", 0.2, x, step=4, indicator="norm", progress=False)
+    assert module.transferred(schedule, "mtr") is schedule
+    for_hsa = module.transferred(schedule, "hsa")
+    assert (for_hsa.method, for_hsa.options, for_hsa.removals) == ("hsa", {}, schedule.removals)
+    result = module.cell(model, raw, labels, "hsa", for_hsa)
+    assert result["removals"] == schedule.removals and 0 <= result["top1"] <= 100
+    assert torch.equal(model(x), dense)  # the model is left dense
