@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mambatr.models.backbone import BlockInternals, BranchInternals
-from mambatr.reduction.state import TokenState
+from mambatr.tokens import TokenState
 
 
 def make_internals(hidden: torch.Tensor, delta_per_token: list[float] | None = None) -> BlockInternals:

@@ -127,6 +127,35 @@ def _user_error(capsys, argv: list[str]) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--indicator", "cls"], "--indicator needs --method"),
+        (["--option", "seed=1"], "--option needs --method"),
+        (["--layers", "0", "--flops-reduction", "0.3"], "--flops-reduction / --layers need --method"),
+        (["--schedule", "s.json"], "--schedule needs --method"),
+    ],
+)
+def test_reduction_flags_without_method_are_refused(trained, capsys, flags, named):
+    root, out, _ = trained
+    assert named in _user_error(capsys, _eval(root, out, *flags))
+    assert named in _user_error(capsys, ["bench", "--model", "vim_custom", *flags])
+
+
+def test_method_options_are_flags_typed_by_the_method(trained, capsys):
+    root, out, _ = trained
+    base = _eval(root, out, "--json", "--ratio", "0.2", "--layers", "0", "--threads", "1")
+    main([*base, "--method", "pumer", "--prune-first", "true", "--option", "prune_share=0.25"])
+    assert json.loads(capsys.readouterr().out)["options"] == {
+        "weights": "size",
+        "prune_first": True,
+        "prune_share": 0.25,
+    }
+    line = _user_error(capsys, [*base, "--method", "hsa", "--indicator", "cls"])
+    assert "hsa: unknown option 'indicator'" in line
+    assert "mtr: seed expects int, got 'x'" in _user_error(capsys, [*base, "--method", "mtr", "--seed", "x"])
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import mambatr
 from mambatr.data import (
     DEFAULT_ROOT,
     FASHION_MNIST_MEAN,
@@ -26,6 +27,7 @@ from mambatr.data import (
     train_val_indices,
 )
 from mambatr.data.transforms import center_crop, resize_short_side
+from mambatr.evaluate import evaluate
 
 IDX_CODES = {
     np.dtype("u1"): 0x08,
@@ -307,3 +309,19 @@ def test_image_folder_errors(tmp_path):
     (tmp_path / "cat" / "a.txt").write_text("x")
     with pytest.raises(DatasetError, match="no images .* cat"):
         ImageFolder(tmp_path)
+
+
+def test_image_folder_eval_end_to_end(tmp_path, tiny_vim):
+    """An ImageNet-style folder of JPEGs, Vim's eval transform, a random small model, dense and reduced."""
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i, size in enumerate(((60, 50), (64, 80), (100, 70))):
+            Image.new("RGB", size, color=(40 * i, 100, 200)).save(tmp_path / label / f"{i}.jpg")
+    dataset = ImageFolder(tmp_path, transform=build_eval_transform(input_size=48))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4)
+    model = tiny_vim(img_size=48, patch_size=16, stride=16, num_classes=2)
+    dense = evaluate(model, loader, total=len(dataset), progress=False)
+    assert dense["images"] == 6 and 0 <= dense["top1"] <= 100
+    mambatr.apply(model, "mtr", ratio=0.3, layers=[0])
+    reduced = evaluate(model, loader, total=len(dataset), progress=False)
+    assert reduced["images"] == 6

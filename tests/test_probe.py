@@ -22,7 +22,7 @@ from mambatr.probe import (
     run_probe,
 )
 from mambatr.reduction.api import Reduction, intercept_reduction
-from mambatr.reduction.state import gather_tokens
+from mambatr.tokens import gather_tokens
 
 # 28x28 grayscale, patch 7: 16 patch tokens + the class token at index 8, depth 3
 SMALL = dict(

@@ -249,6 +249,21 @@ def test_run_sweep_solves_every_pair_before_evaluating(checkpoint):
     assert calls == [] and model.reduction is None
 
 
+def test_run_sweep_leaves_the_model_dense_when_an_evaluation_fails():
+    model = mambatr.create_model("vim_custom", **SMALL).eval()
+    reduced = []
+
+    def evaluate(m):
+        reduced.append(m.reduction is not None)
+        if len(reduced) == 2:  # the first reduced run
+            raise RuntimeError("evaluation failed")
+        return {"top1": 50.0, "images_per_s": 1.0}
+
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        run_sweep(model, evaluate, ["mtr"], [0.3], progress=False)
+    assert reduced == [False, True] and model.reduction is None
+
+
 def test_sweep_progress_covers_the_baseline_and_json_stays_clean(checkpoint, tmp_path, capsys):
     main(_sweep_argv(checkpoint, tmp_path / "out", "--methods", "mtr", "--reductions", "0.3", "--json"))
     captured = capsys.readouterr()

@@ -1,5 +1,5 @@
-"""VideoMamba: official numerics (video and image), official checkpoint layouts, frame/size adaptation,
-FLOPs and every reduction method on the video token sequence. Tiny random models: fast."""
+"""VideoMamba: official numerics (video and image), official checkpoint layouts, frame/size adaptation and
+FLOPs (every reduction method on the video token sequence: tests/test_contract.py). Tiny random models."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from mambatr.models import CheckpointError, create_model, load_checkpoint
 from mambatr.models.checkpoint import load_into
 from mambatr.models.registry import model_entry
 from mambatr.models.videomamba import VideoMamba, VideoMambaConfig, VideoMambaImage
-from mambatr.reduction.registry import METHODS
 
 TINY = dict(img_size=16, patch_size=4, stride=4, in_chans=3, embed_dim=16, depth=3, d_state=4, num_classes=5)
 FRAMES = 3
@@ -327,7 +326,7 @@ def test_image_checkpoint_inflates_into_a_video_model(tmp_path):
         )
 
 
-# ---------------------------------------------------------------- FLOPs and token reduction
+# ---------------------------------------------------------------- FLOPs
 
 
 def test_flops_count_the_whole_clip():
@@ -342,37 +341,3 @@ def test_flops_count_the_whole_clip():
     dense = mambatr.count_flops(k400.config)
     assert dense.embed["patch_embed"] == 8 * 196 * 192 * 3 * 16 * 16
     assert dense.layers[0].tokens == 1 + 8 * 196
-
-
-def test_mtr_flops_target_on_video():
-    model = tiny_video()
-    x = videos()
-    dense = model(x)
-    report = mambatr.apply(model, "mtr", flops_reduction=0.3)
-    assert report.tokens_per_layer[0] == TOKENS
-    assert report.tokens_per_layer[-1] < TOKENS
-    assert abs(report.flops_reduction_achieved - 0.3) < 0.1
-    reduced = model(x)
-    assert torch.isfinite(reduced).all() and not torch.equal(reduced, dense)
-
-
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_every_method_at_ratio_zero_is_identical(name):
-    model = tiny_video()
-    x = videos()
-    dense = model(x)
-    mambatr.apply(model, name, ratio=0.0)
-    assert torch.equal(model(x), dense)
-    amount = 0.2 if METHODS[name].max_amount <= 1 else 1.0  # STM's amount is tokens per side
-    mambatr.apply(model, name, ratio=amount)
-    seen = []
-    original = model.reduction.method.reduce
-
-    def spy(state, internals, count):
-        out = original(state, internals, count)
-        seen.append(out)
-        return out
-
-    model.reduction.method.reduce = spy
-    assert torch.isfinite(model(x)).all()
-    assert seen and all((out.positions[:, 0] == 0).all() for out in seen)  # class token kept, first

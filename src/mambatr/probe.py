@@ -30,9 +30,10 @@ from mambatr.evaluate import evaluate, tensor_batches
 from mambatr.models.backbone import BackboneConfig, BlockInternals, ReducibleBackbone
 from mambatr.reduction.api import Reduction
 from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.plan import make_plan
 from mambatr.reduction.schedule import check_layers
-from mambatr.reduction.state import TokenState, make_plan
 from mambatr.table import markdown_table
+from mambatr.tokens import TokenState
 
 ORDERS = ("random", "background")
 AFTER_FRACTIONS = (1 / 6, 1 / 2, 5 / 6)  # early, middle, late: after blocks 2, 6, 10 of 12
@@ -116,19 +117,13 @@ class FixedPrune(ReductionMethod):
         super().__init__()
         self.priority: torch.Tensor | None = None  # (B or 1, L) per original token position
 
-    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
-        """``amount``: the fraction of reducible tokens to drop."""
-        return math.floor(amount * (tokens - int(has_cls)))
-
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return max(0, tokens - int(has_cls) - 1)
 
     def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         return 0
 
-    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        if count == 0:
-            return state
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         if self.priority is None:
             raise ValueError("fixed_prune: no priority set for this batch")
         priority = self.priority.to(state.positions.device).expand(state.positions.shape[0], -1)

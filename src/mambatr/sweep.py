@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from mambatr.flops import count_flops
 from mambatr.outputs import atomic_path, write_text_atomic
 from mambatr.reduction import apply, remove
 
@@ -29,14 +31,14 @@ def run_sweep(
 
     Every pair is solved before the first evaluation, so an unknown method or an unreachable target
     fails at once rather than after the work before it; the progress bar counts the baseline too.
+    The model is dense again afterwards, also when an evaluation fails.
     """
-    from mambatr.flops import count_flops
-
     pairs = [(method, target) for method in methods for target in reductions]
     for method, target in pairs:
         apply(model, method, target, **(options or {}).get(method, {}))
         remove(model)
-    with tqdm(total=1 + len(pairs), desc="sweep", unit="run", disable=not progress) as bar:
+    bar = tqdm(total=1 + len(pairs), desc="sweep", unit="run", disable=not progress)
+    with _dense_afterwards(model), bar:
         bar.set_postfix_str("baseline")
         dense = evaluate(model)
         bar.update()
@@ -73,6 +75,15 @@ def run_sweep(
                 }
             )
     return rows
+
+
+@contextmanager
+def _dense_afterwards(model: torch.nn.Module) -> Iterator[None]:
+    """Remove any reduction on exit, so an error mid-sweep never leaves the model patched."""
+    try:
+        yield
+    finally:
+        remove(model)
 
 
 def table_rows(rows: Iterable[dict]) -> list[list[object]]:

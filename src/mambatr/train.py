@@ -280,7 +280,7 @@ def export(model: torch.nn.Module, recipe: Recipe, history: list[dict], out_dir:
     weights = out_dir / f"{recipe.model}.safetensors"
     with atomic_path(weights) as temporary:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temporary))
-    config = {k: v for k, v in asdict(model.config).items() if k != "extra"}
+    config = asdict(model.config)
     info = {
         "model": recipe.model,
         "description": model_entry(recipe.model).description,

@@ -21,7 +21,7 @@ import torch
 from mambatr.models.backbone import ReducibleBackbone
 from mambatr.outputs import atomic_path
 from mambatr.reduction.api import intercept_reduction
-from mambatr.reduction.state import TokenState
+from mambatr.tokens import TokenState
 
 if TYPE_CHECKING:
     import matplotlib.figure

@@ -59,9 +59,6 @@ from mambatr.data.imagefolder import IMG_EXTENSIONS, load_rgb
 from mambatr.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv")
-# The official K400 test: 4 temporal clips x 3 spatial crops per video (exp/k400/*/run_f*x224.sh).
-K400_TEST_NUM_CLIPS = 4
-K400_TEST_NUM_CROPS = 3
 
 
 def sample_frame_indices(

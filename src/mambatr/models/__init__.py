@@ -57,7 +57,7 @@ def exported_config(checkpoint: str | Path, name: str) -> dict:
     if exported != name:
         with torch.device("meta"):  # the named model's own architecture, shapes only
             named = model_entry(name).builder()
-        defaults = json.loads(json.dumps({k: v for k, v in asdict(named.config).items() if k != "extra"}))
+        defaults = json.loads(json.dumps(asdict(named.config)))
         foreign = sorted(set(config) - set(defaults))
         if foreign:
             raise CheckpointError(

@@ -9,6 +9,9 @@ works on every backbone unchanged:
 ``residual`` is the running sum of all earlier outputs (float32), the block reads ``norm(residual)``
 and returns its mixer output as ``hidden``; ``internals`` (``capture=True``) exposes what each scan
 direction computed, every tensor in the current token order (tokens sorted by original position).
+
+The loop carries a ``mambatr.tokens.TokenState`` and, after the blocks ``reduction`` names (a
+``Reduction``, set by ``mambatr.apply``), hands it to the method; this module imports no method.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Protocol
 
 import torch
 from torch import nn
+
+from mambatr.tokens import TokenState
 
 
 @dataclass
@@ -135,12 +140,26 @@ class DropPath(nn.Module):
         return f"rate={self.rate:g}"
 
 
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The residual stream's dtype: float32 (official ``residual_in_fp32``), or float64 for float64 models."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 Gaps = tuple[torch.Tensor | None, ...]
+
+
+class TokenReducer(Protocol):
+    """What the block loop calls after a reducing block: a ``mambatr.reduction`` method."""
+
+    @property
+    def aligns_scan(self) -> bool:
+        """True: later blocks' scans bridge the removed tokens (``scan_gaps``)."""
+
+    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
+        """The state after removing exactly ``count`` tokens (survivors in original order)."""
+
+
+@dataclass
+class Reduction:
+    """What a patched model runs (set by ``mambatr.apply``): the method and exact per-layer removal counts."""
+
+    method: TokenReducer
+    removals: dict[int, int]
 
 
 class ReducibleBackbone(nn.Module):
@@ -152,7 +171,7 @@ class ReducibleBackbone(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.reduction = None  # set by mambatr.apply: a method and per-layer removal counts
+        self.reduction: Reduction | None = None  # set by mambatr.apply
         self.track_sources = False  # keep which patches each token holds (mambatr.visualize)
 
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,15 +182,15 @@ class ReducibleBackbone(nn.Module):
         """(B, L, D) initial tokens, class token included, position embeddings added."""
         raise NotImplementedError
 
-    def scan_gaps(self, state) -> Gaps:
+    def scan_gaps(self, state: TokenState) -> Gaps:
         """Per scan direction, (B, L) counts of removed tokens just before each token in that scan's order."""
         raise NotImplementedError
 
-    def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, state) -> torch.Tensor:
+    def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, state: TokenState) -> torch.Tensor:
         """(B, D) features for the head from the last block's streams."""
         raise NotImplementedError
 
-    def layer_inputs(self, state) -> dict[str, torch.Tensor]:
+    def layer_inputs(self, state: TokenState) -> dict[str, torch.Tensor]:
         """Extra keyword arguments every block gets (PlainMamba: the tokens' grid positions)."""
         return {}
 
@@ -185,8 +204,6 @@ class ReducibleBackbone(nn.Module):
             layer.mixer.scan_impl = impl
 
     def forward_features(self, inputs: torch.Tensor) -> torch.Tensor:
-        from mambatr.reduction.state import TokenState
-
         state = TokenState.initial(self.embed(inputs), self.config.cls_index, self.track_sources)
         hidden, residual, gaps = state.hidden, None, None
         removals = self.reduction.removals if self.reduction is not None else {}
@@ -206,7 +223,7 @@ class ReducibleBackbone(nn.Module):
         return self.head(self.forward_features(inputs))
 
 
-def readout(features: torch.Tensor, state) -> torch.Tensor:
+def readout(features: torch.Tensor, state: TokenState) -> torch.Tensor:
     """(B, D): each image's class token, or without one the mean over tokens weighted by their sizes.
 
     Dense, every size is 1 and this is the official mean pool; after merging, a token that stands

@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,12 +46,12 @@ from mambatr.models.backbone import (
     Gaps,
     MambaConfigMixin,
     ReducibleBackbone,
-    accumulate_dtype,
     init_dt_proj,
     readout,
 )
+from mambatr.models.checkpoint import resample_pos_embed
 from mambatr.ops import selective_scan
-from mambatr.reduction.state import gather_tokens
+from mambatr.tokens import TokenState, accumulate_dtype, gather_tokens
 
 __all__ = [
     "MOVE_CODES",
@@ -89,7 +89,6 @@ class PlainMambaConfig(MambaConfigMixin):
     layer_scale: float | None = None  # official init_layer_scale (a ``gamma`` per block); None in all
     norm_eps: float = 1e-5  # the blocks' nn.LayerNorm default
     final_norm_eps: float = 1e-6  # the backbone's norm_cfg=dict(type='LN', eps=1e-6)
-    extra: dict = field(default_factory=dict, compare=False)  # free-form metadata (e.g. training recipe)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers_with_dwconv", tuple(int(i) for i in self.layers_with_dwconv))
@@ -476,7 +475,7 @@ class PlainMamba(ReducibleBackbone):
     def adapt_state_dict(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return adapt_plainmamba_state_dict(state_dict, self.config)
 
-    def scan_gaps(self, state) -> Gaps:
+    def scan_gaps(self, state: TokenState) -> Gaps:
         """Per snake direction, in that scan's order: full-path positions skipped before each step.
 
         Step j of direction k scans the token with the j-th smallest rank along path k; its gap is the
@@ -489,11 +488,11 @@ class PlainMamba(ReducibleBackbone):
         gaps = torch.cat((torch.zeros_like(gaps[..., :1]), gaps), dim=-1)
         return tuple(gaps.unbind(0))
 
-    def layer_inputs(self, state) -> dict[str, torch.Tensor]:
+    def layer_inputs(self, state: TokenState) -> dict[str, torch.Tensor]:
         """Blocks need where each token sits in the grid (conv2d and the snake orders)."""
         return {"positions": state.positions}
 
-    def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, state) -> torch.Tensor:
+    def final_features(self, hidden: torch.Tensor, residual: torch.Tensor, state: TokenState) -> torch.Tensor:
         """Final LayerNorm on the stream, then the size-weighted token mean (dense: the official mean)."""
         stream = residual + hidden.to(residual.dtype)
         features = self.ln1(stream.to(self.ln1.weight.dtype))
@@ -511,8 +510,6 @@ def adapt_plainmamba_state_dict(
     - ``pos_embed`` is resampled (bicubic, as mmcls ``resize_pos_embed``) when the checkpoint's grid
       differs from the model's.
     """
-    from mambatr.models.checkpoint import resample_pos_embed
-
     adapted = {}
     for key, value in state_dict.items():
         if key.startswith("ema_"):

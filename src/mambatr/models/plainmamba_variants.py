@@ -1,14 +1,10 @@
-"""Registered PlainMamba variants: the official ImageNet sizes L1 / L2 / L3 and the Fashion-MNIST testbed.
-
-The builders import :mod:`mambatr.models.plainmamba` when called, not at import time:
-``mambatr.flops`` imports ``mambatr.models`` (which imports this module) before it defines
-``count_flops``, and ``plainmamba`` registers its FLOPs counter on ``count_flops`` when imported.
-"""
+"""Registered PlainMamba variants: the official ImageNet sizes L1 / L2 / L3 and the Fashion-MNIST testbed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mambatr.models.plainmamba import PlainMamba, PlainMambaConfig
 from mambatr.models.registry import register_model
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -34,14 +30,12 @@ FMNIST_ARCH: dict = {
 }
 
 
-def _build(arch: dict, overrides: dict):
-    from mambatr.models.plainmamba import PlainMamba, PlainMambaConfig
-
+def _build(arch: dict, overrides: dict) -> PlainMamba:
     return PlainMamba(PlainMambaConfig(**arch).with_overrides(**overrides))
 
 
 def _official(size: str):
-    def build(**overrides):
+    def build(**overrides) -> PlainMamba:
         return _build(OFFICIAL_ARCHS[size], overrides)
 
     return build
@@ -62,7 +56,7 @@ for _size, _arch in OFFICIAL_ARCHS.items():
     weights=WEIGHTS_DIR / "plainmamba_fmnist.safetensors",
     dataset="fashion_mnist",
 )
-def plainmamba_fmnist(**overrides):
+def plainmamba_fmnist(**overrides) -> PlainMamba:
     return _build(FMNIST_ARCH, overrides)
 
 
@@ -71,5 +65,5 @@ def plainmamba_fmnist(**overrides):
     "free PlainMamba config: pass img_size, patch_size, embed_dim, depth, ... as overrides",
     dataset="fashion_mnist",
 )
-def plainmamba_custom(**overrides):
+def plainmamba_custom(**overrides) -> PlainMamba:
     return _build({}, overrides)

@@ -1,7 +1,8 @@
 """Selective scan and depthwise causal conv for Vision Mamba, in mambatr's (batch, length, E) layout.
 
-``selective_scan`` / ``causal_conv1d`` dispatch to the C++ CPU kernels, mamba_ssm's CUDA kernels, a
-vectorised PyTorch path or the reference loops (``impl=``, see :mod:`mambatr.ops.dispatch`).
+``selective_scan`` / ``causal_conv1d`` dispatch to the C++ CPU kernels, the Triton kernels (CUDA),
+mamba_ssm's CUDA kernels, a vectorised PyTorch path or the reference loops (``impl=``, see
+:mod:`mambatr.ops.dispatch`).
 """
 
 from mambatr.ops.conv import causal_conv1d, causal_conv1d_torch

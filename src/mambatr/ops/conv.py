@@ -24,6 +24,10 @@ def causal_conv1d(
 ) -> Tensor:
     """Conv over time of x (batch, length, E) with weight (E, K); ``impl`` as in mambatr.ops.dispatch."""
     chosen = dispatch.resolve("causal_conv1d", impl, x.device)
+    if chosen == "triton":  # imported here: triton is optional, and reads TRITON_INTERPRET at import
+        from mambatr.ops.triton_conv import causal_conv1d_triton
+
+        return causal_conv1d_triton(x, weight, bias, silu, reverse)
     fn = {
         "reference": causal_conv1d_reference,
         "cpu": causal_conv1d_cpu,

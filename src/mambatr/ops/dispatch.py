@@ -1,9 +1,12 @@
 """Choosing the implementation behind ``selective_scan`` / ``causal_conv1d``, and reporting it.
 
 impl: "auto" (the default, overridable with $MAMBATR_OPS_IMPL), "reference" (plain loops),
-"cpu" (C++ kernels), "torch" (vectorised PyTorch, any device), "cuda" (mamba_ssm / causal_conv1d).
-"auto" picks "cpu" for CPU tensors, "cuda" for CUDA tensors when the CUDA package is importable (and
-the call has no gap), else "torch". An unusable explicit choice raises; nothing falls back silently.
+"cpu" (C++ kernels), "torch" (vectorised PyTorch, any device), "triton" (Triton kernels: CUDA tensors,
+or CPU tensors in Triton's interpreter with TRITON_INTERPRET=1), "cuda" (mamba_ssm / causal_conv1d).
+"auto" picks "cpu" for CPU tensors; for CUDA tensors "triton" when triton imports, else "cuda" when
+the CUDA package is importable (and the call has no gap), else "torch". mamba_ssm is used only when
+asked for (or, without triton, by "auto"). An unusable explicit choice raises; nothing falls back
+silently.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-IMPLS = ("auto", "reference", "cpu", "torch", "cuda")
+IMPLS = ("auto", "reference", "cpu", "torch", "triton", "cuda")
 ENV_VAR = "MAMBATR_OPS_IMPL"
 CUDA_PACKAGES = {"selective_scan": "mamba_ssm", "causal_conv1d": "causal_conv1d"}
 
@@ -38,6 +41,31 @@ def default_impl() -> str:
     return impl
 
 
+def triton_interpreter() -> bool:
+    """Whether TRITON_INTERPRET asks for Triton's interpreter (the values triton accepts as true)."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def check_triton_kernels(op: str, device: torch.device, interpreted: bool) -> None:
+    """Refuse CPU tensors for kernels that were compiled for the GPU (TRITON_INTERPRET set too late)."""
+    if device.type != "cuda" and not interpreted:
+        raise RuntimeError(
+            f"{op}: mambatr's Triton kernels were loaded without TRITON_INTERPRET=1, so they need CUDA "
+            f"tensors; to run them on {device}, set TRITON_INTERPRET=1 before the process imports triton"
+        )
+
+
+def _auto(op: str, device: torch.device, cuda_ok: bool) -> str:
+    """What "auto" means for ``op`` on ``device``."""
+    if device.type == "cpu":
+        return "cpu"
+    if device.type == "cuda" and cuda_package_available("triton"):
+        return "triton"
+    if device.type == "cuda" and cuda_ok and cuda_package_available(CUDA_PACKAGES[op]):
+        return "cuda"
+    return "torch"
+
+
 def resolve(op: str, impl: str, device: torch.device, cuda_ok: bool = True) -> str:
     """The concrete implementation for ``op`` on ``device``; records it for :func:`last_impl`.
 
@@ -47,12 +75,15 @@ def resolve(op: str, impl: str, device: torch.device, cuda_ok: bool = True) -> s
         raise ValueError(f"impl={impl!r}: expected one of {IMPLS}")
     chosen = default_impl() if impl == "auto" else impl
     if chosen == "auto":
-        if device.type == "cpu":
-            chosen = "cpu"
-        elif device.type == "cuda" and cuda_ok and cuda_package_available(CUDA_PACKAGES[op]):
-            chosen = "cuda"
-        else:
-            chosen = "torch"
+        chosen = _auto(op, device, cuda_ok)
+    if chosen == "triton":
+        if not cuda_package_available("triton"):
+            raise RuntimeError(f"{op}: impl='triton' needs the `triton` package (pip install triton)")
+        if device.type != "cuda" and not (device.type == "cpu" and triton_interpreter()):
+            raise ValueError(
+                f"{op}: impl='triton' needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 "
+                f"(Triton's interpreter, slow: for tests); got {device}"
+            )
     if chosen == "cpu" and device.type != "cpu":
         raise ValueError(f"{op}: impl='cpu' needs CPU tensors, got {device}")
     if chosen == "cuda":
@@ -79,10 +110,7 @@ def backend_info(device: str | torch.device = "cpu") -> dict[str, str]:
     info = {"default_impl": default_impl()}
     for op in CUDA_PACKAGES:
         chosen = default_impl()
-        if chosen == "auto":
-            cuda = device.type == "cuda" and cuda_package_available(CUDA_PACKAGES[op])
-            chosen = "cpu" if device.type == "cpu" else "cuda" if cuda else "torch"
-        info[op] = chosen
+        info[op] = _auto(op, device, cuda_ok=True) if chosen == "auto" else chosen
     info["cpu_kernels"] = (
         f"{_cpu_kernels.loaded_from()} ({Path(_cpu_kernels.load()).name}, "
         f"parallel loops on {_cpu_kernels.parallel_threads()} threads)"
@@ -92,6 +120,7 @@ def backend_info(device: str | torch.device = "cpu") -> dict[str, str]:
     )
     for package in CUDA_PACKAGES.values():
         info[f"{package} (CUDA)"] = "importable" if cuda_package_available(package) else "not installed"
+    info["triton"] = "importable" if cuda_package_available("triton") else "not installed"
     return info
 
 

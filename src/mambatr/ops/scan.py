@@ -30,6 +30,10 @@ def selective_scan(
 ) -> Tensor:
     """SSM scan over (batch, length, E) inputs; ``impl`` picks the backend (see mambatr.ops.dispatch)."""
     chosen = dispatch.resolve("selective_scan", impl, u.device, cuda_ok=gap is None)
+    if chosen == "triton":  # imported here: triton is optional, and reads TRITON_INTERPRET at import
+        from mambatr.ops.triton_scan import selective_scan_triton
+
+        return selective_scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse)
     fn = {
         "reference": selective_scan_reference,
         "cpu": selective_scan_cpu,

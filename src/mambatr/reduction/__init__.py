@@ -1,4 +1,5 @@
-"""Training-free token reduction: the token state, the methods, the schedule solver and the API."""
+"""Training-free token reduction: the methods, the schedule solver, calibration and the API (the token state
+they shrink is ``mambatr.tokens``)."""
 
 from mambatr.reduction.api import ReductionReport, apply, remove
 from mambatr.reduction.calibration import calibrate

@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from mambatr.flops import count_flops
-from mambatr.models.backbone import ReducibleBackbone
+from mambatr.models.backbone import ReducibleBackbone, Reduction
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.registry import build_method
 from mambatr.reduction.schedule import (
@@ -21,14 +21,6 @@ from mambatr.reduction.schedule import (
     removals_for,
     solve,
 )
-
-
-@dataclass
-class Reduction:
-    """What a patched model runs: the method and exact per-layer removal counts."""
-
-    method: ReductionMethod
-    removals: dict[int, int]
 
 
 @dataclass

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
 
 from mambatr.models.backbone import BackboneConfig, BlockInternals
-from mambatr.reduction.state import TokenState
+from mambatr.tokens import TokenState
 
 
 class ReductionMethod(ABC):
     """A training-free method: given a block's internals, remove exactly ``count`` tokens.
 
     ``amount`` is the method's own knob (MTR: the ratio r of the current token count) and
-    ``removal(amount, tokens)`` turns it into a count; the FLOPs solver searches over it.
+    ``removal(amount, tokens)`` turns it into a count; the FLOPs solver searches over it. ``reduce``
+    checks the count against ``max_removal`` and runs the method's own ``step``.
     """
 
     name: ClassVar[str]
-    amount_name: ClassVar[str] = "ratio"
     max_amount: ClassVar[float] = 0.5
     # option -> its default and either the allowed values (a tuple) or the required type
     options: ClassVar[dict[str, tuple[object, tuple[object, ...] | type]]] = {}
@@ -56,9 +57,10 @@ class ReductionMethod(ABC):
     def describe(self) -> dict[str, object]:
         return {key: getattr(self, key) for key in self.options}
 
-    @abstractmethod
     def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
-        """Tokens removed at a layer holding ``tokens`` tokens, for the given amount."""
+        """Tokens removed at a layer holding ``tokens`` tokens: by default the share ``amount`` of the
+        reducible ones (the class token never counts)."""
+        return math.floor(amount * (tokens - int(has_cls)))
 
     @abstractmethod
     def max_removal(self, tokens: int, has_cls: bool) -> int:
@@ -81,6 +83,15 @@ class ReductionMethod(ABC):
         """True: later blocks' scans bridge removed tokens (HSA's alignment, gap counts from the backbone)."""
         return False
 
-    @abstractmethod
     def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         """The state after removing exactly ``count`` tokens (survivors in original order)."""
+        limit = self.max_removal(state.length, state.cls_position is not None)
+        if count > limit:
+            raise ValueError(f"{self.name}: cannot remove {count} of {state.length} tokens (at most {limit})")
+        if count == 0:
+            return state
+        return self.step(state, internals, count)
+
+    @abstractmethod
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
+        """The method's own reduction: remove exactly ``count`` tokens, 0 < count <= ``max_removal``."""

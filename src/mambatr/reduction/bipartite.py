@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mambatr.reduction.state import MergeWeights, ReductionPlan, TokenState, gather_tokens, make_plan
+from mambatr.reduction.plan import MergeWeights, ReductionPlan, make_plan
+from mambatr.tokens import TokenState, gather_tokens
 
 
 @dataclass

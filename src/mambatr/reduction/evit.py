@@ -16,33 +16,15 @@ Options:
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
-from mambatr.reduction.state import TokenState, gather_tokens, make_plan
+from mambatr.reduction.plan import make_plan
+from mambatr.reduction.ranking import class_similarity, class_similarity_macs, prune_lowest, rank_macs, ranked
+from mambatr.tokens import TokenState, gather_tokens
 
 FUSE_EPS = 1e-6
-
-
-def class_similarity(state: TokenState) -> torch.Tensor:
-    """(B, L) cosine similarity of each hidden state to the class token's (the mean token without one)."""
-    hidden = state.hidden.float()
-    cls = state.cls_index()
-    reference = hidden.mean(dim=1, keepdim=True) if cls is None else gather_tokens(hidden, cls[:, None])
-    return F.cosine_similarity(hidden, reference, dim=-1)
-
-
-def class_similarity_macs(tokens: int, dim: int) -> int:
-    """Norms of every token and the reference, one dot product per token (or the mean token's sum)."""
-    return 3 * tokens * dim
-
-
-def rank_macs(tokens: int) -> int:
-    return tokens * max(1, math.ceil(math.log2(max(tokens, 2))))
 
 
 class EViT(ReductionMethod):
@@ -51,9 +33,6 @@ class EViT(ReductionMethod):
         "fuse": (False, bool),
         "indicator": ("cls", ("cls", "clip")),
     }
-
-    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
-        return math.floor(amount * (tokens - int(has_cls)))
 
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         n = tokens - int(has_cls)
@@ -70,17 +49,11 @@ class EViT(ReductionMethod):
             return state.hidden.float().clamp(min=0).sum(-1)
         return class_similarity(state)
 
-    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        if count > self.max_removal(state.length, state.cls_position is not None):
-            raise ValueError(f"evit: cannot remove {count} of {state.length} tokens")
-        if count == 0:
-            return state
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         score = self.scores(state, internals)
-        score = score.masked_fill(~state.reducible_mask(), float("inf"))  # the class token ranks first
-        order = score.argsort(dim=1, descending=True, stable=True)
+        order = ranked(state, score, stable=True)
         if not self.fuse:
-            keep, pruned = order[:, : state.length - count], order[:, state.length - count :]
-            return make_plan(state, keep, pruned).apply(state)
+            return prune_lowest(state, order, count)
         keep, fused = order[:, : state.length - count - 1], order[:, state.length - count - 1 :]
         head, rest = fused[:, :1], fused[:, 1:]  # the most important fused token gives the position
         plan = make_plan(state, torch.cat((keep, head), dim=1), rest, head.expand_as(rest), weights="size")

@@ -9,17 +9,19 @@
    lets the state decay over each pruned gap, using the previous kept token's delta:
    exp((delta_t + g * delta_prev) * A), with zero input over the gap.
    ``align=False`` is plain pruning (the paper's Table 4).
+
+``preset``: "none" the library's default layers | "paper" / "paper_tiny" / "code" the papers' and the
+public code's layers (``PRESETS``) scaled to the model's depth (``preset_layers``).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
-from mambatr.reduction.state import TokenState, make_plan
+from mambatr.reduction.ranking import prune_lowest, rank_macs, ranked
+from mambatr.tokens import TokenState
 
 # 0-indexed blocks after which HSA prunes, as fractions of depth 24 (ViM-S):
 PRESETS = {
@@ -43,10 +45,8 @@ class HSA(ReductionMethod):
         "clip": (True, bool),
         "source": ("both", ("both", "backward")),
         "gated": (True, bool),
+        "preset": ("none", ("none", *PRESETS)),
     }
-
-    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
-        return math.floor(amount * (tokens - int(has_cls)))
 
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return tokens - int(has_cls) - 1
@@ -54,8 +54,7 @@ class HSA(ReductionMethod):
     def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         directions = 1 if self.source == "backward" else config.num_directions
         score = 2 * directions * tokens * config.d_inner  # clip + channel sum, per direction
-        rank = tokens * max(1, math.ceil(math.log2(tokens)))
-        return score + rank
+        return score + rank_macs(tokens)
 
     def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor:
         branches = (internals.backward,) if self.source == "backward" else internals.branches
@@ -65,14 +64,12 @@ class HSA(ReductionMethod):
             total = total + (y.clamp(min=0) if self.clip else y).sum(-1)
         return total
 
+    def preferred_layers(self, depth: int) -> list[int] | None:
+        return None if self.preset == "none" else preset_layers(self.preset, depth)
+
     @property
     def aligns_scan(self) -> bool:
         return self.align
 
-    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        if count > self.max_removal(state.length, state.cls_position is not None):
-            raise ValueError(f"hsa: cannot prune {count} of {state.length} tokens")
-        score = self.scores(state, internals).masked_fill(~state.reducible_mask(), float("inf"))
-        order = score.argsort(dim=1, descending=True)
-        keep, pruned = order[:, : state.length - count], order[:, state.length - count :]
-        return make_plan(state, keep, pruned).apply(state)
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
+        return prune_lowest(state, ranked(state, self.scores(state, internals)), count)

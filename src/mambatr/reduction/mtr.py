@@ -10,14 +10,14 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
-from mambatr.reduction.state import TokenState, gather_tokens, make_plan
+from mambatr.reduction.plan import make_plan
+from mambatr.reduction.ranking import rank_macs, ranked
+from mambatr.tokens import TokenState, gather_tokens
 
 INDICATORS = ("delta", "delta_raw", "delta_b", "B", "C", "cls", "norm", "random")
 INDICATOR_HELP = {
@@ -80,35 +80,21 @@ class MTR(ReductionMethod):
         "seed": (0, int),
     }
 
-    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
-        return math.floor(amount * (tokens - int(has_cls)))
-
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return (tokens - int(has_cls) - 1) // 2  # keep and source both hold c tokens, one target at least
 
     def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         targets = tokens - 2 * count - 1
         score = config.num_directions * tokens * config.d_inner  # Δ summed over directions, channel mean
-        rank = tokens * max(1, math.ceil(math.log2(tokens)))  # sort
-        similarity = (
-            count + targets
-        ) * 2 * config.embed_dim + count * targets * config.embed_dim  # normalise + dot
+        normalise, dots = (count + targets) * 2 * config.embed_dim, count * targets * config.embed_dim
         merge = 2 * 2 * count * config.embed_dim  # scatter-add into targets, hidden and residual
-        return score + rank + similarity + merge
+        return score + rank_macs(tokens) + normalise + dots + merge
 
     def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor:
         return importance(state, internals, self.indicator, self.seed)
 
-    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        if count > self.max_removal(state.length, state.cls_position is not None):
-            raise ValueError(
-                f"mtr: cannot remove {count} of {state.length} tokens (keep and source hold c each)"
-            )
-        score = self.scores(state, internals)
-        score = score.masked_fill(
-            ~state.reducible_mask(), float("inf")
-        )  # the class token ranks first, untouched
-        order = score.argsort(dim=1, descending=True)
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
+        order = ranked(state, self.scores(state, internals))  # the class token first, untouched
         protected = int(state.cls_position is not None)
         keep = order[:, : protected + count]
         targets = order[:, protected + count : state.length - count]

@@ -21,8 +21,8 @@ import torch
 from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.bipartite import alternate_max_removal, alternate_plan, matching_macs, merge_macs
-from mambatr.reduction.evit import class_similarity, class_similarity_macs, rank_macs
-from mambatr.reduction.state import TokenState, make_plan
+from mambatr.reduction.ranking import class_similarity, class_similarity_macs, prune_lowest, rank_macs, ranked
+from mambatr.tokens import TokenState
 
 
 class PuMer(ReductionMethod):
@@ -42,9 +42,6 @@ class PuMer(ReductionMethod):
         """(pruned, merged) for ``count`` removed tokens."""
         pruned = math.floor(self.prune_share * count) if self.prune_first else 0
         return pruned, count - pruned
-
-    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
-        return math.floor(amount * (tokens - int(has_cls)))
 
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         if not self.prune_first:
@@ -66,13 +63,8 @@ class PuMer(ReductionMethod):
     def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor | None:
         return class_similarity(state) if self.prune_first else None
 
-    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        if count > self.max_removal(state.length, state.cls_position is not None):
-            raise ValueError(f"pumer: cannot remove {count} of {state.length} tokens")
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         pruned, merged = self.split(count)
         if pruned:
-            score = class_similarity(state).masked_fill(~state.reducible_mask(), float("inf"))
-            order = score.argsort(dim=1, descending=True, stable=True)
-            keep, dropped = order[:, : state.length - pruned], order[:, state.length - pruned :]
-            state = make_plan(state, keep, dropped).apply(state)
+            state = prune_lowest(state, ranked(state, class_similarity(state), stable=True), pruned)
         return alternate_plan(state, state.hidden.clamp(min=0), merged, self.weights).apply(state)

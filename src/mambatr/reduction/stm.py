@@ -11,6 +11,9 @@ S_j the sum of the deltas from j (exclusive) to a (inclusive) in scan order; lef
 branch, right side: backward branch; delta and B from the block that just ran. w_j is averaged over
 channels and clipped to [0, 1]. ``protect=False`` replaces each group by its plain mean (BNNM only).
 
+STM does not shrink the state through a ``ReductionPlan``: its protected merge adds the weighted tokens
+onto the absorber (x_a + sum_j w_j x_j), which a plan's (weighted) mean of the group cannot express.
+
 Without a class token (PlainMamba) the split point is the middle of the current sequence, where Vim
 puts its class token: tokens merge toward the centre, and the centre token is an ordinary token. On
 PlainMamba the protection weights use the first two scans (row snake and its reverse), which follow
@@ -25,12 +28,12 @@ import torch
 
 from mambatr.models.backbone import BackboneConfig, BlockInternals, BranchInternals
 from mambatr.reduction.base import ReductionMethod
-from mambatr.reduction.state import TokenState
+from mambatr.tokens import TokenState, accumulate_dtype
 
 
 def protection_weights(branch: BranchInternals, reduced: torch.Tensor, absorber: int) -> torch.Tensor:
     """(B, k, E) per-channel weights of the reduced tokens (indices ``reduced``) into ``absorber``."""
-    acc = torch.float64 if branch.delta.dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(branch.delta.dtype)
     delta, B, A = branch.delta.to(acc), branch.B.to(acc), branch.A.to(acc)
     forward = bool((reduced < absorber).all())
     # S_j: deltas strictly after j up to and including the absorber, in scan order
@@ -50,8 +53,7 @@ def protection_weights(branch: BranchInternals, reduced: torch.Tensor, absorber:
 
 class STM(ReductionMethod):
     name = "stm"
-    amount_name = "k"  # tokens merged per side per layer
-    max_amount = 64.0
+    max_amount = 64.0  # the amount is k, the tokens merged per side per layer
     options = {"protect": (True, bool)}
 
     def preferred_layers(self, depth: int) -> list[int] | None:
@@ -85,7 +87,7 @@ class STM(ReductionMethod):
             for x in streams.values():
                 x[:, absorber] = (x[:, absorber] + x[:, index].sum(1)) / (len(reduced) + 1)
 
-    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         if state.cls_position is None:  # merge toward the middle; no token is protected
             left = state.length // 2
             right = state.length - left - 1

@@ -21,12 +21,10 @@ ours keeps it at its ordered position.
 
 from __future__ import annotations
 
-import math
-
 from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.bipartite import alternate_max_removal, alternate_plan, matching_macs, merge_macs
-from mambatr.reduction.state import TokenState
+from mambatr.tokens import TokenState
 
 
 def rmeeto_layers(depth: int) -> list[int]:
@@ -42,9 +40,6 @@ class ToMe(ReductionMethod):
         "preset": ("none", ("none", "rmeeto")),
     }
 
-    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
-        return math.floor(amount * (tokens - int(has_cls)))
-
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return alternate_max_removal(tokens, has_cls)
 
@@ -57,8 +52,6 @@ class ToMe(ReductionMethod):
     def preferred_layers(self, depth: int) -> list[int] | None:
         return rmeeto_layers(depth) if self.preset == "rmeeto" else None
 
-    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        if count > self.max_removal(state.length, state.cls_position is not None):
-            raise ValueError(f"tome: cannot remove {count} of {state.length} tokens (at most set A's size)")
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         metric = state.hidden.clamp(min=0) if self.metric == "clipped" else state.hidden
         return alternate_plan(state, metric, count, self.weights).apply(state)

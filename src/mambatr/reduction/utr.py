@@ -22,14 +22,14 @@ Options:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from mambatr.models.backbone import BackboneConfig, BlockInternals
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.bipartite import class_indices, match, matching_macs, merge_macs, reducible_indices
-from mambatr.reduction.state import ReductionPlan, TokenState, gather_tokens, make_plan
+from mambatr.reduction.plan import ReductionPlan, make_plan
+from mambatr.reduction.ranking import rank_macs
+from mambatr.tokens import TokenState, accumulate_dtype, gather_tokens
 
 
 def hybrid_reduce(plan: ReductionPlan, x: torch.Tensor, sizes: torch.Tensor, rest: str) -> torch.Tensor:
@@ -39,7 +39,7 @@ def hybrid_reduce(plan: ReductionPlan, x: torch.Tensor, sizes: torch.Tensor, res
     count = plan.removed.shape[1]
     if plan.into is None or count == 0:
         return kept
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(x.dtype)
     removed = gather_tokens(x, plan.removed).to(acc)
     shared = torch.zeros_like(removed).scatter_(1, removed.topk(count // 2, dim=1).indices, 1.0)
     if plan.weights == "size":
@@ -63,26 +63,21 @@ class UTR(ReductionMethod):
         "rest": ("keep", ("keep", "zero")),
     }
 
-    def removal(self, amount: float, tokens: int, has_cls: bool) -> int:
-        return math.floor(amount * (tokens - int(has_cls)))
-
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return (tokens - int(has_cls)) // 2  # the less important half
 
     def overhead(self, config: BackboneConfig, tokens: int, count: int) -> int:
         n, dim = tokens - int(config.has_cls), config.embed_dim
         score = 2 * tokens * dim  # clip + channel sum
-        rank = tokens * max(1, math.ceil(math.log2(tokens)))
         clip = n * dim if self.metric == "clipped" else 0
-        top_k = count * dim * max(1, math.ceil(math.log2(max(count, 2))))  # per-channel top-k of the reduced
-        return score + rank + clip + matching_macs(n // 2, n - n // 2, dim) + top_k + merge_macs(count, dim)
+        matching = matching_macs(n // 2, n - n // 2, dim)
+        top_k = dim * rank_macs(count)  # per-channel top-k of the reduced
+        return score + rank_macs(tokens) + clip + matching + top_k + merge_macs(count, dim)
 
     def scores(self, state: TokenState, internals: BlockInternals) -> torch.Tensor:
         return internals.hidden.float().clamp(min=0).sum(-1)
 
-    def reduce(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        if count > self.max_removal(state.length, state.cls_position is not None):
-            raise ValueError(f"utr: cannot reduce {count} of {state.length} tokens (at most half)")
+    def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         reducible = reducible_indices(state)
         score = torch.gather(self.scores(state, internals), 1, reducible)
         ranked = torch.gather(reducible, 1, score.argsort(dim=1, stable=True))  # ascending importance
