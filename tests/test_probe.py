@@ -164,6 +164,17 @@ def test_probe_command_json_and_table(tmp_path, capsys):
     assert "| dense" in table and "| background" in table and "10 test images" in table
 
 
+def test_probe_on_the_val_split(tmp_path, capsys):
+    """Testbed decisions are made on val: --split val probes its first --limit images."""
+    root = write_fashion_mnist(tmp_path / "data", train=5004, test=4)
+    argv = ["probe", "--model", "vim_custom", "--checkpoint", _checkpoint(tmp_path), "--data", str(root)]
+    main([*argv, "--split", "val", "--limit", "6", "--after", "0", "--remove", "2", "--seeds", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "val" and result["images"] == 6
+    main([*argv, "--split", "val", "--limit", "6", "--after", "0", "--remove", "2", "--seeds", "1"])
+    assert "6 val images" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

@@ -206,8 +206,8 @@ def test_viz_trace_skips_layers_that_remove_nothing(checkpoint):
 def test_demo_json_has_baseline_and_mtr_rows(capsys):
     main(["demo", "--limit", "64", "--json"])
     rows = json.loads(capsys.readouterr().out)
-    assert [r["method"] for r in rows] == ["baseline", "mtr", "mtr", "mtr"]
-    for row, target in zip(rows[1:], (20, 30, 40), strict=True):
+    assert [r["method"] for r in rows] == ["baseline", "mtr", "mtr", "mtr", "mtr (calibrated)"]
+    for row, target in zip(rows[1:], (20, 30, 40, 30), strict=True):
         assert abs(row["FLOPs reduction %"] - target) <= 0.5
         assert row["drop"] == pytest.approx(rows[0]["top-1 %"] - row["top-1 %"])
 
@@ -262,6 +262,56 @@ def test_run_sweep_leaves_the_model_dense_when_an_evaluation_fails():
     with pytest.raises(RuntimeError, match="evaluation failed"):
         run_sweep(model, evaluate, ["mtr"], [0.3], progress=False)
     assert reduced == [False, True] and model.reduction is None
+
+
+def test_sweep_with_calibrated_schedules_then_from_their_folder(checkpoint, tmp_path, capsys):
+    """--schedule calibrated finds one schedule per pair on val images and saves it; --schedule DIR
+    applies those files and reproduces the rows exactly."""
+    grid = ("--methods", "mtr,hsa", "--reductions", "0.3", "--limit", "16", "--json")
+    main(
+        _sweep_argv(
+            checkpoint, tmp_path / "a", *grid, "--schedule", "calibrated", "--calibration-images", "8"
+        )
+    )
+    calibrated = json.loads(capsys.readouterr().out)
+    saved = sorted(p.name for p in (tmp_path / "a" / "schedules").iterdir())
+    assert saved == ["vim_custom_hsa_30.json", "vim_custom_mtr_30.json"]
+    schedule = mambatr.Schedule.load(tmp_path / "a" / "schedules" / "vim_custom_mtr_30.json")
+    assert schedule.calibration["source"] == "fashion_mnist val[:8]" and schedule.calibration["images"] == 8
+    assert [r["schedule"] for r in calibrated] == ["", *["calibrated on fashion_mnist val[:8]"] * 2]
+    assert calibrated[1]["removals"] == {str(k): v for k, v in schedule.removals.items()}
+    main(_sweep_argv(checkpoint, tmp_path / "b", *grid, "--schedule", str(tmp_path / "a" / "schedules")))
+    from_folder = json.loads(capsys.readouterr().out)
+    keys = ("method", "removals", "top1", "flops_reduction")
+    assert [[r[k] for k in keys] for r in from_folder] == [[r[k] for k in keys] for r in calibrated]
+    main(_sweep_argv(checkpoint, tmp_path / "c", "--methods", "mtr", "--reductions", "0.3", "--limit", "16"))
+    assert "| mtr " in capsys.readouterr().out
+    main(_sweep_argv(checkpoint, tmp_path / "d", *grid[:-1], "--schedule", str(tmp_path / "a" / "schedules")))
+    assert "| mtr (calibrated) " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--reductions", "0.2"], "no schedule made for vim_custom for mtr at 20%; expected exactly one"),
+        (["--schedule", "calibrated", "--split", "val"], "evaluate on --split test"),
+    ],
+)
+def test_sweep_schedule_mistakes_fail_before_any_evaluation(
+    checkpoint, tmp_path, capsys, monkeypatch, extra, named
+):
+    import mambatr.evaluate
+
+    folder = tmp_path / "schedules"
+    folder.mkdir()
+    monkeypatch.setattr(
+        mambatr.evaluate, "evaluate", lambda *a, **k: pytest.fail("evaluated before checking")
+    )
+    argv = _sweep_argv(checkpoint, tmp_path / "out", "--methods", "mtr", "--schedule", str(folder), *extra)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and named in err
 
 
 def test_sweep_progress_covers_the_baseline_and_json_stays_clean(checkpoint, tmp_path, capsys):
@@ -337,6 +387,7 @@ def test_demo_shows_progress_per_evaluation(tmp_path, capsys):
     root = write_fashion_mnist(tmp_path, train=0, test=16)
     main(["demo", "--data", str(root), "--limit", "16", "--threads", "1", "--json"])
     captured = capsys.readouterr()
-    assert [row["method"] for row in json.loads(captured.out)] == ["baseline", "mtr", "mtr", "mtr"]
+    methods = [row["method"] for row in json.loads(captured.out)]
+    assert methods == ["baseline", "mtr", "mtr", "mtr", "mtr (calibrated)"]
     assert "sweep:" in captured.err and "baseline" in captured.err and "mtr 40%" in captured.err
-    assert captured.err.count("images:") >= 4  # one bar per evaluation
+    assert captured.err.count("images:") >= 5  # one bar per evaluation

@@ -6,6 +6,7 @@ import argparse
 import importlib.metadata
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,8 +14,10 @@ import torch
 from mambatr import data, distributed
 from mambatr.benchmark import throughput
 from mambatr.cli_args import (
+    DataArgs,
     ModelArgs,
     Parser,
+    RuntimeArgs,
     add_data_args,
     add_method_option_args,
     add_model_args,
@@ -36,14 +39,24 @@ from mambatr.models import create_model, model_entry
 from mambatr.outputs import check_writable_dir, check_writable_file
 from mambatr.probe import parse_ints, probe_table, run_probe
 from mambatr.reduction import METHODS, calibrate
-from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION
-from mambatr.sweep import TABLE_HEADERS, run_sweep, table_rows, write_outputs
+from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION, SHIPPED_SCHEDULES
+from mambatr.sweep import (
+    TABLE_HEADERS,
+    ScheduleFor,
+    calibrating,
+    reduced_row,
+    run_sweep,
+    schedules_in,
+    table_rows,
+    write_outputs,
+)
 from mambatr.table import markdown_table
 from mambatr.train import Recipe, train
 from mambatr.visualize import visualize
 
 DEMO_LIMIT = 5_000  # first half of the test split: four evaluations fit in 3 minutes on 2 cores
 DEMO_TARGETS = (0.2, 0.3, 0.4)
+DEMO_CALIBRATED = 0.3  # plus MTR with its shipped calibrated schedule (mambatr/schedules/)
 DISTRIBUTED_COMMANDS = ("eval", "sweep")
 # Bad input from the user: the API's errors for it are ValueErrors (CheckpointError, DatasetError, an
 # unknown model, ...) or a FileNotFoundError. Anything else is a bug and keeps its traceback.
@@ -195,15 +208,17 @@ def cmd_demo(args: argparse.Namespace) -> None:
         "Fashion-MNIST test images (all of them: --limit 10000, or mambatr eval / sweep)",
         file=sys.stderr,
     )
-    sweep = run_sweep(  # progress on stderr: one bar for the runs, one per evaluation
-        model,
-        lambda m: evaluate_tensors(m, images, labels, batch_size=inputs.batch_size, desc="images"),
-        ["mtr"],
-        DEMO_TARGETS,
+    evaluate_model = lambda m: evaluate_tensors(  # noqa: E731
+        m, images, labels, batch_size=inputs.batch_size, desc="images"
     )
+    # progress on stderr: one bar for the runs, one per evaluation
+    sweep = run_sweep(model, evaluate_model, ["mtr"], DEMO_TARGETS)
+    shipped = schedules_in(SHIPPED_SCHEDULES, model, ["mtr"], [DEMO_CALIBRATED], model_name="vim_fmnist")
+    calibrated = shipped("mtr", DEMO_CALIBRATED)
+    sweep.append(reduced_row(model, evaluate_model, "mtr", DEMO_CALIBRATED, sweep[0], calibrated))
     rows = [
         [
-            r["method"],
+            method,
             f"{r['target']:.0%}" if r["target"] else "-",
             100 * r["flops_reduction"],
             r["gflops"] * 1e3,
@@ -211,13 +226,48 @@ def cmd_demo(args: argparse.Namespace) -> None:
             r["drop"],
             r["images_per_s"],
         ]
-        for r in sweep
+        for (method, *_), r in zip(table_rows(sweep), sweep, strict=True)
     ]
     headers = ["method", "target", "FLOPs reduction %", "MFLOPs/img", "top-1 %", "drop", "images/s"]
     if run.json:
         print(json.dumps([dict(zip(headers, row, strict=True)) for row in rows], indent=2))
         return
     print(markdown_table(headers, rows))
+
+
+def _sweep_schedules(
+    schedule: str,
+    calibration_images_count: int,
+    which: ModelArgs,
+    inputs: DataArgs,
+    run: RuntimeArgs,
+    model: torch.nn.Module,
+    grid: tuple[list[str], list[float]],
+    out: Path,
+) -> ScheduleFor | None:
+    """sweep --schedule: None for the default schedules, else where each pair's schedule comes from."""
+    if schedule == "default":
+        return None
+    if schedule != "calibrated":
+        return schedules_in(schedule, model, *grid, model_name=which.model)
+    if model_entry(which.model).dataset not in TESTBEDS:
+        raise ValueError(
+            f"--schedule calibrated calibrates on a testbed's val split; for {which.model}, run `mambatr "
+            "calibrate --data FOLDER` per method and target, then `sweep --schedule DIR`"
+        )
+    if inputs.split != "test":
+        raise ValueError("--schedule calibrated calibrates on val images: evaluate on --split test")
+    images, source = calibration_images(
+        which.model, replace(inputs, split="val"), calibration_images_count, model
+    )
+    return calibrating(
+        model,
+        images,
+        model_name=which.model,
+        source=source,
+        out_dir=out / "schedules" if run.context.is_main else None,
+        progress=run.context.is_main,
+    )
 
 
 def _sweep_grid(methods: str, reductions: str) -> tuple[list[str], list[float]]:
@@ -256,7 +306,19 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         batches, total = eval_batches(which.model, inputs, m, run.context)
         return evaluate(evaluable(which.model, m), batches, total=total, desc="images", context=run.context)
 
-    rows = run_sweep(model, evaluate_model, methods, reductions, progress=run.context.is_main)
+    schedule_for = _sweep_schedules(
+        args.schedule,
+        args.calibration_images,
+        which,
+        inputs,
+        run,
+        model,
+        (methods, reductions),
+        Path(args.out),
+    )
+    rows = run_sweep(
+        model, evaluate_model, methods, reductions, progress=run.context.is_main, schedule_for=schedule_for
+    )
     if not run.context.is_main:
         return
     paths = write_outputs(rows, Path(args.out), f"{which.model}: training-free token reduction")
@@ -353,11 +415,12 @@ def cmd_probe(args: argparse.Namespace) -> None:
     after, remove = parse_ints(args.after, "--after"), parse_ints(args.remove, "--remove")
     run.start()
     model = _load_model(which).to(run.device)
-    images, labels = TESTBEDS[dataset].load("test", inputs.data)
+    images, labels = TESTBEDS[dataset].load(inputs.split, inputs.data)
     images, labels = images[: inputs.limit], labels[: inputs.limit]
     result = run_probe(
         model, images, labels, TESTBEDS[dataset].to_input, after, remove, args.seeds, inputs.batch_size
     )
+    result = {"split": inputs.split, **result}
     if run.json:
         print(json.dumps({"model": which.model, **result}, indent=2))
     else:
@@ -432,7 +495,7 @@ def _add_train_args(training: argparse.ArgumentParser) -> None:
 
 def _add_probe_args(probe: argparse.ArgumentParser) -> None:
     add_model_args(probe)
-    add_data_args(probe, limit="use only the first N test images")
+    add_data_args(probe, splits=("test", "val"), limit="use only the first N images of the split")
     add_runtime_args(probe)
     probe.add_argument(
         "--after",
@@ -520,6 +583,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--methods", default="mtr,hsa,stm", help="comma-separated methods")
     sweep.add_argument("--reductions", default="0.2,0.3,0.4", help="comma-separated FLOPs targets")
     sweep.add_argument("--out", default="runs/sweep", help="directory for sweep.csv / .json / .png")
+    sweep.add_argument(
+        "--schedule",
+        default="default",
+        metavar="default|calibrated|DIR",
+        help="default: each method's blocks, counts from the FLOPs solver; calibrated: a schedule found "
+        "per method and target by `mambatr calibrate` on the first --calibration-images val images "
+        "(written to OUT/schedules/); DIR: the schedules in a folder, one per method and target",
+    )
+    sweep.add_argument(
+        "--calibration-images", type=positive_int, default=500, help="val images per calibration (500)"
+    )
     sweep.set_defaults(run=cmd_sweep)
 
     bench = commands.add_parser("bench", help="dense vs reduced throughput, measured in the same run")

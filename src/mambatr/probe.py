@@ -1,4 +1,4 @@
-"""Fragility probe: test top-1 after simply dropping N patch tokens after block k.
+"""Fragility probe: top-1 (test split; val for decisions) after dropping N patch tokens after block k.
 
 No importance is computed: the dropped tokens are chosen from outside, in one of two orders,
 
@@ -230,7 +230,8 @@ def probe_table(model_name: str, result: dict) -> str:
         change = f"{row['top1'] - dense:+.2f}"
         rows.append([row["after"], row["remove"], row["order"], f"{row['top1']:.2f}", change, std])
     title = (
-        f"{model_name}: {result['images']:,} test images, {result['patch_tokens']} patch tokens; "
+        f"{model_name}: {result['images']:,} {result.get('split', 'test')} images, "
+        f"{result['patch_tokens']} patch tokens; "
         "random: mean and sample std over seeds"
     )
     headers = ["after block", "removed", "order", "top-1 %", "change (points)", "std"]

@@ -13,10 +13,21 @@ from tqdm import tqdm
 
 from mambatr.flops import count_flops
 from mambatr.outputs import atomic_path, write_text_atomic
-from mambatr.reduction import apply, remove
+from mambatr.reduction import Schedule, apply, calibrate, remove
 
 Evaluate = Callable[[torch.nn.Module], dict]
-COLUMNS = ["method", "target", "flops_reduction", "token_reduction", "gflops", "top1", "drop", "images_per_s"]
+ScheduleFor = Callable[[str, float], Schedule]  # (method, FLOPs target) -> the schedule to apply
+COLUMNS = [
+    "method",
+    "target",
+    "schedule",
+    "flops_reduction",
+    "token_reduction",
+    "gflops",
+    "top1",
+    "drop",
+    "images_per_s",
+]
 
 
 def run_sweep(
@@ -26,9 +37,12 @@ def run_sweep(
     reductions: Sequence[float],
     options: dict[str, dict] | None = None,
     progress: bool = True,
+    schedule_for: ScheduleFor | None = None,
 ) -> list[dict]:
     """Baseline row, then one row per (method, target); ``evaluate(model)`` returns top1 and images/s.
 
+    Each method reduces after its default blocks with counts from the FLOPs solver, or, with
+    ``schedule_for``, with the schedule it returns (e.g. :func:`calibrating` or :func:`schedules_in`).
     Every pair is solved before the first evaluation, so an unknown method or an unreachable target
     fails at once rather than after the work before it; the progress bar counts the baseline too.
     The model is dense again afterwards, also when an evaluation fails.
@@ -46,6 +60,7 @@ def run_sweep(
             {
                 "method": "baseline",
                 "target": 0.0,
+                "schedule": "",
                 "flops_reduction": 0.0,
                 "token_reduction": 0.0,
                 "gflops": count_flops(model.config).gflops,
@@ -57,24 +72,114 @@ def run_sweep(
         ]
         for method, target in pairs:
             bar.set_postfix_str(f"{method} {target:.0%}")
-            report = apply(model, method, target, **(options or {}).get(method, {}))
-            result = evaluate(model)
-            remove(model)
+            schedule = schedule_for(method, target) if schedule_for is not None else None
+            options_here = (options or {}).get(method, {}) if schedule is None else {}
+            rows.append(reduced_row(model, evaluate, method, target, dense, schedule, **options_here))
             bar.update()
-            rows.append(
-                {
-                    "method": method,
-                    "target": target,
-                    "flops_reduction": report.flops_reduction_achieved,
-                    "token_reduction": report.token_reduction,
-                    "gflops": report.gflops,
-                    "top1": result["top1"],
-                    "drop": dense["top1"] - result["top1"],
-                    "images_per_s": result["images_per_s"],
-                    "removals": report.removals,
-                }
-            )
     return rows
+
+
+def reduced_row(
+    model: torch.nn.Module,
+    evaluate: Evaluate,
+    method: str,
+    target: float,
+    dense: dict,
+    schedule: Schedule | None = None,
+    **options: object,
+) -> dict:
+    """One sweep row: ``method`` at ``target`` (default blocks and solved counts, or ``schedule``)
+    evaluated against the ``dense`` result; the model is dense again afterwards."""
+    with _dense_afterwards(model):
+        if schedule is None:
+            report = apply(model, method, target, **options)
+        else:
+            report = apply(model, method, schedule=schedule)
+        result = evaluate(model)
+    return {
+        "method": method,
+        "target": target,
+        "schedule": "default" if schedule is None else schedule_label(schedule),
+        "flops_reduction": report.flops_reduction_achieved,
+        "token_reduction": report.token_reduction,
+        "gflops": report.gflops,
+        "top1": result["top1"],
+        "drop": dense["top1"] - result["top1"],
+        "images_per_s": result["images_per_s"],
+        "removals": report.removals,
+    }
+
+
+def schedule_label(schedule: Schedule) -> str:
+    """How a schedule was found, for tables: e.g. ``calibrated on fashion_mnist val[:500]``."""
+    source = schedule.calibration.get("source")
+    return f"calibrated on {source}" if source else "calibrated"
+
+
+def calibrating(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    *,
+    model_name: str,
+    source: str,
+    out_dir: Path | None = None,
+    progress: bool = True,
+) -> ScheduleFor:
+    """Schedules found by :func:`mambatr.calibrate` on ``images`` (never the evaluation images) when the
+    sweep reaches each pair, each saved as ``out_dir/<model>_<method>_<target %>.json``."""
+
+    def schedule_for(method: str, target: float) -> Schedule:
+        schedule = calibrate(
+            model, method, target, images, model_name=model_name, source=source, progress=progress
+        )
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            schedule.save(out_dir / schedule_file_name(model_name, method, target))
+        return schedule
+
+    return schedule_for
+
+
+def schedule_file_name(model_name: str, method: str, target: float) -> str:
+    return f"{model_name}_{method}_{round(100 * target)}.json"
+
+
+def schedules_in(
+    folder: str | Path,
+    model: torch.nn.Module,
+    methods: Sequence[str],
+    reductions: Sequence[float],
+    model_name: str | None = None,
+) -> ScheduleFor:
+    """The schedules of a folder (e.g. an earlier ``sweep --schedule calibrated``), one per (method,
+    target), only those made for ``model_name`` when it is given: all checked before any work, so a
+    missing, doubled or misfitting one fails at once."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"schedule folder {folder} not found")
+    found: dict[tuple[str, float], list[Path]] = {}
+    schedules: dict[Path, Schedule] = {}
+    for path in sorted(folder.glob("*.json")):
+        schedule = Schedule.load(path)
+        if model_name is not None and schedule.model != model_name:
+            continue
+        schedules[path] = schedule
+        found.setdefault((schedule.method, round(schedule.flops_reduction_target, 4)), []).append(path)
+    chosen: dict[tuple[str, float], Schedule] = {}
+    for method in methods:
+        for target in reductions:
+            paths = found.get((method, round(target, 4)), [])
+            if len(paths) != 1:
+                what = (
+                    "no schedule" if not paths else f"{len(paths)} schedules ({', '.join(map(str, paths))})"
+                )
+                for_model = f" made for {model_name}" if model_name is not None else ""
+                raise ValueError(
+                    f"{folder}: {what}{for_model} for {method} at {target:.0%}; expected exactly one"
+                )
+            schedules[paths[0]].check_fits(model.config)
+            chosen[method, target] = schedules[paths[0]]
+    return lambda method, target: chosen[method, target]
 
 
 @contextmanager
@@ -87,9 +192,10 @@ def _dense_afterwards(model: torch.nn.Module) -> Iterator[None]:
 
 
 def table_rows(rows: Iterable[dict]) -> list[list[object]]:
+    """Table cells per row; a method run with a calibrated schedule reads e.g. ``mtr (calibrated)``."""
     return [
         [
-            r["method"],
+            f"{r['method']} (calibrated)" if r.get("schedule", "").startswith("calibrated") else r["method"],
             f"{r['target']:.0%}",
             100 * r["flops_reduction"],
             100 * r["token_reduction"],

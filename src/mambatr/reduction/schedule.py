@@ -109,6 +109,8 @@ def solve(
 
 
 SCHEDULE_FORMAT = "mambatr-schedule/1"
+# Schedules that ship with the package (found by `mambatr calibrate`, commands inside): the demo's
+SHIPPED_SCHEDULES = Path(__file__).resolve().parents[1] / "schedules"
 
 
 @dataclass
