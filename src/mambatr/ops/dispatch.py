@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from mambatr.ops import _cpu_kernels
+
 IMPLS = ("auto", "reference", "cpu", "torch", "triton", "cuda")
 ENV_VAR = "MAMBATR_OPS_IMPL"
 CUDA_PACKAGES = {"selective_scan": "mamba_ssm", "causal_conv1d": "causal_conv1d"}
@@ -104,8 +106,6 @@ def last_impl() -> dict[str, str]:
 
 def backend_info(device: str | torch.device = "cpu") -> dict[str, str]:
     """What "auto" resolves to on ``device`` and the state of each backend (for CLI/bench headers)."""
-    from mambatr.ops import _cpu_kernels
-
     device = torch.device(device)
     info = {"default_impl": default_impl()}
     for op in CUDA_PACKAGES:
@@ -128,6 +128,4 @@ def prepare(device: str | torch.device = "cpu", impl: str = "auto") -> None:
     """Load (building once if needed) the kernels ``impl`` resolves to on ``device``, so a timed run
     never includes a build or a library load."""
     if resolve("selective_scan", impl, torch.device(device)) == "cpu":
-        from mambatr.ops import _cpu_kernels
-
         _cpu_kernels.load()
