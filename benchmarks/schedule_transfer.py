@@ -3,7 +3,7 @@ with every method (the method still chooses which tokens), test top-1 as a matri
 each method with its own schedule; the first row is each method's default schedule at the same target.
 
     python benchmarks/schedule_transfer.py docs/results/calibration/vim_fmnist_*_30.json \
-        [--model vim_fmnist] [--limit N] [--json]
+        [--model vim_fmnist] [--limit N] [--threads T] [--json]
 
 A schedule keeps its own method's options only on the diagonal; elsewhere the method's defaults apply.
 The achieved FLOPs reduction differs a little between methods for the same counts (each method's own
@@ -34,10 +34,16 @@ def transferred(schedule: Schedule, method: str) -> Schedule:
 
 
 def cell(model: torch.nn.Module, images, labels, method: str, how: Schedule | float) -> dict:
-    if isinstance(how, Schedule):
-        report = mambatr.apply(model, method, schedule=how)
-    else:
-        report = mambatr.apply(model, method, how)
+    """Top-1 with ``method`` reducing as ``how`` says (a schedule, or a FLOPs target for the default
+    schedule); ``top1`` None with the reason when the method cannot remove those counts (e.g. MTR's
+    keep and source groups cap a layer at under half of its tokens)."""
+    try:
+        if isinstance(how, Schedule):
+            report = mambatr.apply(model, method, schedule=how)
+        else:
+            report = mambatr.apply(model, method, how)
+    except ValueError as error:
+        return {"top1": None, "error": str(error)}
     try:
         top1 = evaluate_tensors(model, images, labels, batch_size=256, progress=False)["top1"]
     finally:
@@ -52,8 +58,11 @@ def main() -> None:
     parser.add_argument("schedules", nargs="+", help="schedule JSON files (mambatr calibrate --out)")
     parser.add_argument("--model", default="vim_fmnist")
     parser.add_argument("--limit", type=int, help="first N test images (default: all 10,000)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     schedules = [Schedule.load(path) for path in args.schedules]
     targets = {s.flops_reduction_target for s in schedules}
     if len(targets) != 1:
@@ -80,8 +89,15 @@ def main() -> None:
         f"{args.model}, {len(images):,} test images, dense top-1 {dense:.2f} %, target {target:.0%}: "
         "rows = whose schedule (blocks and counts), columns = the method applying it\n"
     )
-    rows = [[source] + [f"{results[source, m]['top1']:.2f}" for m in methods] for source, _ in sources]
+    rows = [[source] + [_shown(results[source, m]) for m in methods] for source, _ in sources]
     print(markdown_table(["schedule \\ method"] + methods, rows))
+    errors = sorted({r["error"] for r in results.values() if r["top1"] is None})
+    if errors:
+        print("\nn/a: the method cannot apply those counts (" + "; ".join(errors) + ")")
+
+
+def _shown(result: dict) -> str:
+    return "n/a" if result["top1"] is None else f"{result['top1']:.2f}"
 
 
 if __name__ == "__main__":

@@ -179,6 +179,7 @@ def test_schedule_chart_draws_a_png(tmp_path):
 
 
 def test_schedule_transfer_applies_the_same_counts_with_another_method():
+    import dataclasses
     import importlib.util
     from pathlib import Path
 
@@ -197,3 +198,8 @@ def test_schedule_transfer_applies_the_same_counts_with_another_method():
     result = module.cell(model, raw, labels, "hsa", for_hsa)
     assert result["removals"] == schedule.removals and 0 <= result["top1"] <= 100
     assert torch.equal(model(x), dense)  # the model is left dense
+    too_many = module.transferred(schedule, "mtr")
+    too_many = dataclasses.replace(too_many, removals={0: model.config.seq_len - 2})
+    refused = module.cell(model, raw, labels, "mtr", too_many)
+    assert refused["top1"] is None and "cannot remove" in refused["error"]
+    assert torch.equal(model(x), dense)
