@@ -204,12 +204,17 @@ def test_viz_trace_skips_layers_that_remove_nothing(checkpoint):
 
 @pytest.mark.slow
 def test_demo_json_has_baseline_and_mtr_rows(capsys):
+    from mambatr.cli import DEMO_MODEL
+
     main(["demo", "--limit", "64", "--json"])
-    rows = json.loads(capsys.readouterr().out)
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == DEMO_MODEL and result["images"] == 64
+    rows = result["rows"]
     assert [r["method"] for r in rows] == ["baseline", "mtr", "mtr", "mtr", "mtr (calibrated)"]
-    for row, target in zip(rows[1:], (20, 30, 40, 30), strict=True):
-        assert abs(row["FLOPs reduction %"] - target) <= 0.5
-        assert row["drop"] == pytest.approx(rows[0]["top-1 %"] - row["top-1 %"])
+    for row, target in zip(rows[1:], (0.2, 0.3, 0.4, 0.3), strict=True):
+        assert row["flops_reduction_target"] == target
+        assert abs(row["flops_reduction_achieved"] - target) <= 0.005
+        assert row["drop"] == pytest.approx(rows[0]["top1"] - row["top1"])
 
 
 def _sweep_argv(checkpoint, out, *extra: str) -> list[str]:
@@ -387,7 +392,7 @@ def test_demo_shows_progress_per_evaluation(tmp_path, capsys):
     root = write_fashion_mnist(tmp_path, train=0, test=16)
     main(["demo", "--data", str(root), "--limit", "16", "--threads", "1", "--json"])
     captured = capsys.readouterr()
-    methods = [row["method"] for row in json.loads(captured.out)]
+    methods = [row["method"] for row in json.loads(captured.out)["rows"]]
     assert methods == ["baseline", "mtr", "mtr", "mtr", "mtr (calibrated)"]
     assert "sweep:" in captured.err and "baseline" in captured.err and "mtr 40%" in captured.err
     assert captured.err.count("images:") >= 5  # one bar per evaluation

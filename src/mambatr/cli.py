@@ -54,6 +54,7 @@ from mambatr.table import markdown_table
 from mambatr.train import Recipe, train
 from mambatr.visualize import visualize
 
+DEMO_MODEL = "vim_fmnist"  # the testbed the demo runs
 DEMO_LIMIT = 5_000  # first half of the test split: four evaluations fit in 3 minutes on 2 cores
 DEMO_TARGETS = (0.2, 0.3, 0.4)
 DEMO_CALIBRATED = 0.3  # plus MTR with its shipped calibrated schedule (mambatr/schedules/)
@@ -200,11 +201,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """The main job: the shipped model on the Fashion-MNIST test split, as a results table."""
     _, inputs, run = typed(args)
     run.start()
-    model = create_model("vim_fmnist", pretrained=True).eval()
+    model = create_model(DEMO_MODEL, pretrained=True).eval()
     images, labels = data.load_fashion_mnist("test", root=inputs.data)
     images, labels = images[: inputs.limit], labels[: inputs.limit]
     print(
-        f"mambatr demo: vim_fmnist (shipped weights) on the first {len(images):,} of the 10,000 "
+        f"mambatr demo: {DEMO_MODEL} (shipped weights) on the first {len(images):,} of the 10,000 "
         "Fashion-MNIST test images (all of them: --limit 10000, or mambatr eval / sweep)",
         file=sys.stderr,
     )
@@ -213,9 +214,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
     )
     # progress on stderr: one bar for the runs, one per evaluation
     sweep = run_sweep(model, evaluate_model, ["mtr"], DEMO_TARGETS)
-    shipped = schedules_in(SHIPPED_SCHEDULES, model, ["mtr"], [DEMO_CALIBRATED], model_name="vim_fmnist")
+    shipped = schedules_in(SHIPPED_SCHEDULES, model, ["mtr"], [DEMO_CALIBRATED], model_name=DEMO_MODEL)
     calibrated = shipped("mtr", DEMO_CALIBRATED)
     sweep.append(reduced_row(model, evaluate_model, "mtr", DEMO_CALIBRATED, sweep[0], calibrated))
+    methods = [cells[0] for cells in table_rows(sweep)]
+    if run.json:
+        rows = [
+            {
+                "method": method,
+                "schedule": r["schedule"],
+                "flops_reduction_target": r["target"],
+                "flops_reduction_achieved": r["flops_reduction"],
+                "mflops_per_image": 1e3 * r["gflops"],
+                "top1": r["top1"],
+                "drop": r["drop"],
+                "images_per_s": r["images_per_s"],
+            }
+            for method, r in zip(methods, sweep, strict=True)
+        ]
+        print(json.dumps({"model": DEMO_MODEL, "images": len(images), "rows": rows}, indent=2))
+        return
     rows = [
         [
             method,
@@ -226,12 +244,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
             r["drop"],
             r["images_per_s"],
         ]
-        for (method, *_), r in zip(table_rows(sweep), sweep, strict=True)
+        for method, r in zip(methods, sweep, strict=True)
     ]
     headers = ["method", "target", "FLOPs reduction %", "MFLOPs/img", "top-1 %", "drop", "images/s"]
-    if run.json:
-        print(json.dumps([dict(zip(headers, row, strict=True)) for row in rows], indent=2))
-        return
     print(markdown_table(headers, rows))
 
 

@@ -54,6 +54,17 @@ def vim_fmnist(**overrides) -> VisionMamba:
 
 
 @register_model(
+    "vim_fmnist_deit",
+    "Fashion-MNIST testbed, the default: vim_fmnist's architecture fine-tuned with the official Vim / "
+    "DeiT augmentation (random erasing, mixup / cutmix, drop path), robust to early token removal",
+    weights=WEIGHTS_DIR / "vim_fmnist_deit.safetensors",
+    dataset="fashion_mnist",
+)
+def vim_fmnist_deit(**overrides) -> VisionMamba:
+    return VisionMamba(FMNIST_CONFIG.with_overrides(**overrides))
+
+
+@register_model(
     "vim_fmnist_p2",
     "Fashion-MNIST testbed at patch 2 (14x14 = 196 tokens + middle class token, like ImageNet Vim's "
     "grid), D=96, depth 12; no shipped weights yet: `mambatr train --model vim_fmnist_p2`",
