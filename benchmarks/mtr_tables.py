@@ -1,7 +1,8 @@
 """MTR on the testbed: 20/30/40 % FLOPs reduction, the indicator ablation (MTR paper Table 3) and the
 strategy ablation (Table 4), on the Fashion-MNIST test split. Prints Markdown tables.
 
-    python benchmarks/mtr_tables.py [--model vim_fmnist] [--limit N] [--ablation-target 0.3] [--json]
+    python benchmarks/mtr_tables.py [--model vim_fmnist] [--checkpoint F] [--limit N] \
+        [--ablation-target 0.3] [--json]
 """
 
 from __future__ import annotations
@@ -42,11 +43,15 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="vim_fmnist")
+    parser.add_argument("--checkpoint", help="weights file (default: the model's shipped weights)")
     parser.add_argument("--limit", type=int, help="first N test images (default: all 10,000)")
     parser.add_argument("--ablation-target", type=float, default=0.3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    model = mambatr.create_model(args.model, pretrained=True).eval()
+    if args.checkpoint:
+        model = mambatr.create_model(args.model, checkpoint=args.checkpoint).eval()
+    else:
+        model = mambatr.create_model(args.model, pretrained=True).eval()
     images, labels = load_fashion_mnist("test")
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
