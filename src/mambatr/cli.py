@@ -44,6 +44,7 @@ from mambatr.sweep import (
     TABLE_HEADERS,
     ScheduleFor,
     calibrating,
+    method_label,
     reduced_row,
     run_sweep,
     schedules_in,
@@ -217,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     shipped = schedules_in(SHIPPED_SCHEDULES, model, ["mtr"], [DEMO_CALIBRATED], model_name=DEMO_MODEL)
     calibrated = shipped("mtr", DEMO_CALIBRATED)
     sweep.append(reduced_row(model, evaluate_model, "mtr", DEMO_CALIBRATED, sweep[0], calibrated))
-    methods = [cells[0] for cells in table_rows(sweep)]
+    methods = [method_label(r) for r in sweep]
     if run.json:
         rows = [
             {

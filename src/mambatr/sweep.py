@@ -52,7 +52,7 @@ def run_sweep(
         apply(model, method, target, **(options or {}).get(method, {}))
         remove(model)
     bar = tqdm(total=1 + len(pairs), desc="sweep", unit="run", disable=not progress)
-    with _dense_afterwards(model), bar:
+    with bar:  # each reduced row leaves the model dense, also on error (reduced_row)
         bar.set_postfix_str("baseline")
         dense = evaluate(model)
         bar.update()
@@ -191,11 +191,16 @@ def _dense_afterwards(model: torch.nn.Module) -> Iterator[None]:
         remove(model)
 
 
+def method_label(row: dict) -> str:
+    """A row's method as tables show it: ``mtr``, or ``mtr (calibrated)`` with a calibrated schedule."""
+    calibrated = row.get("schedule", "").startswith("calibrated")
+    return f"{row['method']} (calibrated)" if calibrated else row["method"]
+
+
 def table_rows(rows: Iterable[dict]) -> list[list[object]]:
-    """Table cells per row; a method run with a calibrated schedule reads e.g. ``mtr (calibrated)``."""
     return [
         [
-            f"{r['method']} (calibrated)" if r.get("schedule", "").startswith("calibrated") else r["method"],
+            method_label(r),
             f"{r['target']:.0%}",
             100 * r["flops_reduction"],
             100 * r["token_reduction"],
