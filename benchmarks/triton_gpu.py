@@ -239,6 +239,18 @@ def table(rows: list[dict]) -> str:
     return markdown_table(list(rows[0]), [list(r.values()) for r in rows]) if rows else "(none)"
 
 
+SECTIONS = {
+    "check": (
+        "check: triton vs reference on this device (max error / max(1, max |reference|))",
+        check_kernels,
+    ),
+    "kernels": ("kernels: one ViM-S layer direction (ms, median)", kernel_times),
+    "dense": ("ViM-S dense forward", dense),
+    "training": ("vim_fmnist training step", training),
+    "reduced": ("reduced ViM-S, batch 64, triton", reduced),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -248,7 +260,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="toy sizes, one run: checks the script")
     parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    chosen = args.sections.split(",")
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; expected a subset of {list(SECTIONS)}")
     device = torch.device(args.device)
     warmup, runs = (1, 1) if args.smoke else (args.warmup, args.runs)
     import triton
@@ -257,15 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"{name}, torch {torch.__version__}, triton {triton.__version__}, backends {backend_info(device)}\n"
     )
-    sections = {
-        "check: triton vs reference on this device (max error / max(1, max |reference|))": check_kernels,
-        "kernels: one ViM-S layer direction (ms, median)": kernel_times,
-        "ViM-S dense forward": dense,
-        "vim_fmnist training step": training,
-        "reduced ViM-S, batch 64, triton": reduced,
-    }
     results = {"device": name}
-    for title, measure in sections.items():
+    for key in chosen:
+        title, measure = SECTIONS[key]
         rows = (
             measure(device, args.smoke)
             if measure is check_kernels
