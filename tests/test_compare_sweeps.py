@@ -20,7 +20,7 @@ def compare_sweeps():
 
 
 def _row(method: str, target: float, top1: float, flops: float = 0.0) -> dict:
-    return {"method": method, "target": target, "top1": top1, "flops_reduction": flops}
+    return {"method": method, "target": target, "top1": top1, "drop": 91.0 - top1, "flops_reduction": flops}
 
 
 def _write(path: Path, rows: list[dict]) -> Path:
@@ -49,6 +49,17 @@ def test_refuses_sweeps_on_different_images(compare_sweeps, tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_sweeps.main([str(default), str(calibrated)])
     assert "baselines differ" in capsys.readouterr().err
+    compare_sweeps.main([str(default), str(calibrated), "--metric", "drop", "--labels", "a,b"])
+    out = capsys.readouterr().out
+    assert "a 91.0 %, b 90.5 %" in out and "| a drop (points) | b drop (points) | points kept |" in out
+
+
+def test_drop_metric_counts_points_kept(compare_sweeps):
+    first = [_row("mtr", 0.3, 60.0, 0.3) | {"drop": 31.0}]
+    second = [_row("mtr", 0.3, 75.0, 0.3) | {"drop": 15.5}]
+    assert compare_sweeps.compare(first, second, "drop") == [
+        ["mtr", "30%", "31.00", "**15.50**", "+15.50", "30.00"]
+    ]
 
 
 def test_refuses_a_file_that_is_not_a_sweep(compare_sweeps, tmp_path):
