@@ -1,4 +1,5 @@
-"""Bar chart of calibrated schedules: tokens removed after each block, one bar group per schedule.
+"""Bar chart of calibrated schedules: tokens removed after each block, one bar group per schedule;
+also prints each schedule's removals, achieved FLOPs reduction, KL and cost as a Markdown table.
 
 python benchmarks/schedule_chart.py docs/results/calibration/*.json --out schedules.png
 """
@@ -14,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mambatr.reduction.schedule import Schedule  # noqa: E402
+from mambatr.table import markdown_table  # noqa: E402
 
 
 def draw(schedules: list[Schedule], out: Path) -> None:
@@ -40,6 +42,25 @@ def draw(schedules: list[Schedule], out: Path) -> None:
     fig.savefig(out, dpi=120)
 
 
+def summary(schedules: list[Schedule]) -> str:
+    """One row per schedule: method, target, removals (block: tokens), achieved FLOPs, KL, cost."""
+    headers = ["method", "target", "tokens removed after block", "achieved FLOPs red. %", "KL on calibration"]
+    headers += ["evaluations", "seconds"]
+    rows = [
+        [
+            s.method,
+            f"{s.flops_reduction_target:.0%}",
+            ", ".join(f"{block}: {count}" for block, count in sorted(s.removals.items())),
+            f"{s.flops_reduction_achieved * 100:.2f}",
+            f"{s.objective:.3f}",
+            s.calibration.get("evaluations", ""),
+            s.calibration.get("seconds", ""),
+        ]
+        for s in schedules
+    ]
+    return markdown_table(headers, rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -47,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("schedules", nargs="+", help="schedule JSON files from mambatr calibrate")
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args(argv)
-    draw([Schedule.load(path) for path in args.schedules], Path(args.out))
+    schedules = [Schedule.load(path) for path in args.schedules]
+    draw(schedules, Path(args.out))
+    print(summary(schedules))
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def test_cli_refuses_a_schedule_with_other_reduction_flags(tiny_trained, tmp_pat
     assert "--flops-reduction" in capsys.readouterr().err
 
 
-def test_schedule_chart_draws_a_png(tmp_path):
+def test_schedule_chart_draws_a_png(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
@@ -171,11 +171,12 @@ def test_schedule_chart_draws_a_png(tmp_path):
     schedule = Schedule(
         model="m", architecture={"depth": 6, "seq_len": 50, "embed_dim": 16, "has_cls": True}, method="mtr",
         options={}, removals={1: 4, 3: 2}, flops_reduction_target=0.2, flops_reduction_achieved=0.2,
-        objective=0.1,
+        objective=0.1, calibration={"evaluations": 12, "seconds": 3.5},
     )  # fmt: skip
     schedule.save(tmp_path / "s.json")
     module.main([str(tmp_path / "s.json"), "--out", str(tmp_path / "s.png")])
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| mtr    | 20%    | 1: 4, 3: 2 " in capsys.readouterr().out
 
 
 def test_schedule_transfer_applies_the_same_counts_with_another_method():
