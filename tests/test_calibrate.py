@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 
 import mambatr
 from mambatr.reduction.schedule import TOLERANCE, Schedule
@@ -161,13 +163,7 @@ def test_cli_refuses_a_schedule_with_other_reduction_flags(tiny_trained, tmp_pat
 
 
 def test_schedule_chart_draws_a_png(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "schedule_chart.py"
-    spec = importlib.util.spec_from_file_location("schedule_chart", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("schedule_chart")
     schedule = Schedule(
         model="m", architecture={"depth": 6, "seq_len": 50, "embed_dim": 16, "has_cls": True}, method="mtr",
         options={}, removals={1: 4, 3: 2}, flops_reduction_target=0.2, flops_reduction_achieved=0.2,
@@ -180,14 +176,7 @@ def test_schedule_chart_draws_a_png(tmp_path, capsys):
 
 
 def test_schedule_transfer_applies_the_same_counts_with_another_method():
-    import dataclasses
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "schedule_transfer.py"
-    spec = importlib.util.spec_from_file_location("schedule_transfer", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("schedule_transfer")
     model = tiny_model()
     x, labels = images(8), torch.arange(8) % 10
     raw = torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))

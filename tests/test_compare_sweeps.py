@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_sweeps.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def compare_sweeps():
-    spec = importlib.util.spec_from_file_location("compare_sweeps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare_sweeps")
 
 
 def _row(method: str, target: float, top1: float, flops: float = 0.0) -> dict:

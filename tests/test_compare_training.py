@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_training.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def compare_training():
-    spec = importlib.util.spec_from_file_location("compare_training", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("compare_training")
 
 
 def _run(device: str, vals: list[float], losses: list[float]) -> dict:
