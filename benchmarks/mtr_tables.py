@@ -48,10 +48,9 @@ def main() -> None:
     parser.add_argument("--ablation-target", type=float, default=0.3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.checkpoint:
-        model = mambatr.create_model(args.model, checkpoint=args.checkpoint).eval()
-    else:
-        model = mambatr.create_model(args.model, pretrained=True).eval()
+    model = mambatr.create_model(
+        args.model, checkpoint=args.checkpoint, pretrained=args.checkpoint is None
+    ).eval()
     images, labels = load_fashion_mnist("test")
     if args.limit:
         images, labels = images[: args.limit], labels[: args.limit]
