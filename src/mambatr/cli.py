@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate_args(calibration)
     calibration.set_defaults(run=cmd_calibrate)
 
-    demo = commands.add_parser("demo", help="the shipped vim_fmnist model on Fashion-MNIST: a results table")
+    demo = commands.add_parser("demo", help=f"the shipped {DEMO_MODEL} on Fashion-MNIST: a results table")
     add_data_args(demo, limit=f"test images to use (default {DEMO_LIMIT:,})")
     add_runtime_args(demo, device=None)
     demo.set_defaults(run=cmd_demo, limit=DEMO_LIMIT)
