@@ -13,8 +13,14 @@ def _shipped() -> list[str]:
     return [name for name in list_models() if model_entry(name).weights is not None]
 
 
-def test_the_four_testbeds_are_shipped():
-    assert _shipped() == ["plainmamba_fmnist", "videomamba_fmnist_clips", "vim_fmnist", "vim_fmnist_deit"]
+def test_the_five_testbeds_are_shipped():
+    assert _shipped() == [
+        "plainmamba_fmnist",
+        "videomamba_fmnist_clips",
+        "vim_fmnist",
+        "vim_fmnist_deit",
+        "vim_fmnist_p2",
+    ]
 
 
 @pytest.mark.parametrize("name", _shipped())

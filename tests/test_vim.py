@@ -112,12 +112,15 @@ def test_unknown_model_and_wrong_image_size(tiny_vim):
         tiny_vim()(torch.randn(1, 1, 16, 16))
 
 
-def test_fmnist_p2_is_the_196_token_testbed_with_no_weights_yet():
+def test_fmnist_p2_is_the_196_token_testbed():
     with torch.device("meta"):
         p2 = mambatr.create_model("vim_fmnist_p2")
         p4 = mambatr.create_model("vim_fmnist")
     assert p2.pos_embed.shape == (1, 197, 96) and p2.config.cls_index == 98
     assert p4.pos_embed.shape == (1, 50, 96) and p4.config.cls_index == 24
     assert len(p2.state_dict()) == len(p4.state_dict())
-    with pytest.raises(ValueError, match="'vim_fmnist_p2' has no shipped weights"):
-        mambatr.create_model("vim_fmnist_p2", pretrained=True)
+
+
+def test_pretrained_without_shipped_weights_names_the_model():
+    with torch.device("meta"), pytest.raises(ValueError, match="'vim_custom' has no shipped weights"):
+        mambatr.create_model("vim_custom", pretrained=True)

@@ -67,7 +67,9 @@ def vim_fmnist_deit(**overrides) -> VisionMamba:
 @register_model(
     "vim_fmnist_p2",
     "Fashion-MNIST testbed at patch 2 (14x14 = 196 tokens + middle class token, like ImageNet Vim's "
-    "grid), D=96, depth 12; no shipped weights yet: `mambatr train --model vim_fmnist_p2`",
+    "grid), D=96, depth 12: vim_fmnist_deit resampled to patch 2 and fine-tuned with the official Vim / "
+    "DeiT augmentation",
+    weights=WEIGHTS_DIR / "vim_fmnist_p2.safetensors",
     dataset="fashion_mnist",
 )
 def vim_fmnist_p2(**overrides) -> VisionMamba:
