@@ -92,8 +92,10 @@ def search(
         for layer in set(layers) - set(costs):  # no valid move there any more
             last_cost[layer] = float("inf")
         rounds += 1
-        previous, achieved = achieved, achieved_reduction(config, method, removals)
-        bar.update(round(100 * (achieved - previous), 1))
+        achieved = achieved_reduction(config, method, removals)
+        # the bar shows the achieved reduction, at most the target: summed rounded gains drift, and a
+        # count past the total makes tqdm drop the total that bar_format prints (a crash, not a bar)
+        bar.update(min(round(100 * achieved, 1), bar.total) - bar.n)
     bar.close()
     return removals, current, evaluations
 
