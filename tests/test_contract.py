@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mambatr
+from mambatr import deploy
 from mambatr.reduction import METHODS
 from mambatr.reduction.api import intercept_reduction
 from mambatr.reduction.schedule import TOLERANCE
@@ -109,3 +110,67 @@ def test_method_on_backbone(method: str, family: str) -> None:
     mambatr.remove(model)
     with torch.no_grad():
         assert torch.equal(model(inputs), dense)
+
+
+def deploy_cases() -> list:
+    """Every family dense and every method on one family (rotating), in the default run; the rest of
+    the method x family product is marked ``matrix`` (``pytest -m matrix``, about 8 minutes)."""
+    families = list(FAMILIES)
+    default = {(None, family) for family in families}
+    default |= {(method, families[i % len(families)]) for i, method in enumerate(sorted(METHODS))}
+    cases = []
+    for method in [None, *sorted(METHODS)]:
+        for family in families:
+            marks = () if (method, family) in default else (pytest.mark.matrix,)
+            cases.append(pytest.param(method, family, marks=marks, id=f"{method or 'dense'}-{family}"))
+    return cases
+
+
+@pytest.mark.parametrize("method,family", deploy_cases())
+def test_compiles_and_exports(method: str | None, family: str) -> None:
+    """Dense and reduced, every family: torch.compile(fullgraph=True) traces with no graph break
+    (Dynamo and AOTAutograd with the ops' fake kernels; Inductor's code generation is left to
+    benchmarks/deploy.py, it takes minutes on 2 cores), and torch.export gives a program with a
+    dynamic batch whose logits equal eager's at another batch size."""
+    model, inputs = tiny_model(family)
+    if method is not None:
+        mambatr.apply(model, method, TARGET)
+    with torch.no_grad():
+        eager = model(inputs)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(inputs)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+    program = deploy.export_program(model, inputs)
+    more = torch.cat((inputs, inputs.flip(0), inputs[:1]))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(more), model(more), rtol=1e-12, atol=1e-12)
+
+
+# a merging method and the scan with gaps (HSA) in the default run: each ONNX export takes about 40 s on
+# 2 cores; the whole method x family matrix is benchmarks/deploy_matrix.py
+ONNX_CASES = [
+    ("mtr", "vim_middle_cls"),
+    ("hsa", "videomamba_video"),
+    pytest.param("stm", "plainmamba", marks=pytest.mark.matrix),
+    pytest.param("tome", "vim_no_cls", marks=pytest.mark.matrix),
+]
+EXTRA = "the `export` extra: pip install 'mambatr[export]'"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,family", ONNX_CASES)
+def test_onnx_runs_in_onnxruntime(method: str, family: str, tmp_path) -> None:
+    """The ONNX file (standard ops, chunked scan) gives eager's float32 logits within 1e-4 relative in
+    onnxruntime, at the export's batch size and another."""
+    pytest.importorskip("onnxscript", reason=f"ONNX export needs {EXTRA}")
+    pytest.importorskip("onnxruntime", reason=f"running ONNX needs {EXTRA}")
+    model, inputs = tiny_model(family)
+    model, inputs = model.float(), inputs.float()
+    mambatr.apply(model, method, TARGET)
+    deploy.save(model, inputs, "onnx", tmp_path / "m.onnx")
+    runner = deploy.load("onnx", tmp_path / "m.onnx")
+    for batch in (inputs, torch.cat((inputs, inputs[:2]))):
+        with torch.no_grad():
+            eager = model(batch)
+        error = (runner(batch) - eager).abs().max() / eager.abs().max()
+        assert error < 1e-4

@@ -1,4 +1,5 @@
-"""Selective scan: the C++ kernel and the PyTorch path against the reference loop."""
+"""Selective scan: the C++ kernel, the PyTorch path and the chunked (ONNX) formulation against the
+reference loop."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("impl", ["cpu", "torch"])
+@pytest.mark.parametrize("impl", ["cpu", "torch", "chunked"])
 @pytest.mark.parametrize("case", CASES)
 def test_matches_reference_float32(impl, case):
     batch, length, E, N, D, z, bias, softplus, gap, reverse = case

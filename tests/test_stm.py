@@ -26,7 +26,7 @@ def test_protected_merge_reproduces_the_state_with_one_state_dim(reverse):
     A = -torch.rand(channels, 1, dtype=torch.float64) - 0.2
     full = selective_scan_reference(u, delta, A, B, C, reverse=reverse)
     reduced, absorber = ([0, 1], 2) if not reverse else ([5, 6], 4)
-    weights = protection_weights(_branch(delta, B, A), torch.tensor(reduced), absorber)  # (B, 2, E)
+    weights = protection_weights(_branch(delta, B, A), torch.tensor(reduced), absorber, not reverse)
     merged = u.clone()
     merged[:, absorber] += (weights * u[:, reduced]).sum(1)
     keep = [i for i in range(length) if i not in reduced]

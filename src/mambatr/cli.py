@@ -6,12 +6,13 @@ import argparse
 import importlib.metadata
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from mambatr import data, distributed
+from mambatr import data, deploy, distributed
 from mambatr.benchmark import throughput
 from mambatr.cli_args import (
     DataArgs,
@@ -398,6 +399,56 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    which, inputs, run = typed(args)
+    reduction = reduction_from(args)
+    check_writable_file(args.out, "--out")
+    if args.format == "onnx":
+        try:
+            deploy.require_onnx()
+            deploy.OnnxRunner.require()
+        except ImportError as error:
+            raise ValueError(str(error)) from None
+    if model_entry(which.model).dataset == "kinetics":
+        raise ValueError(f"export compares on single clips; {which.model} evaluates Kinetics videos by views")
+    run.start()
+    model = _load_model(which)
+    summary: dict = {"model": which.model, "checkpoint": which.checkpoint, "format": args.format}
+    if reduction.method is not None:
+        report = reduction.apply(model)
+        summary.update(
+            method=reduction.method,
+            options=report.options,
+            removals=report.removals,
+            flops_reduction_achieved=report.flops_reduction_achieved,
+            tokens_per_layer=report.tokens_per_layer,
+        )
+    batches, total = eval_batches(which.model, inputs, model, run.context)
+    first, _ = eval_batches(which.model, replace(inputs, limit=inputs.batch_size), model, run.context)
+    example = next(iter(first))[0]  # the export's example batch: the first --batch-size images
+    start = time.perf_counter()
+    deploy.save(model, example, args.format, args.out)
+    summary.update(out=str(args.out), export_s=time.perf_counter() - start)
+    exported = deploy.load(args.format, args.out, run.threads)
+    summary.update(deploy.agreement(model, exported, batches, total, desc=f"compare {args.format}"))
+    summary.update(
+        batch_size=len(example),
+        images_per_s_eager=deploy.images_per_s(model, example),
+        images_per_s_exported=deploy.images_per_s(exported, example),
+    )
+    if run.json:
+        print(json.dumps(summary, indent=2))
+        return
+    headers = ["model", "method", "format", "images", "top-1 agreement %", "max |Δlogit|", "top-1 %"]
+    headers += ["eager img/s", "exported img/s"]
+    row = [which.model, reduction.method or "-", args.format, summary["images"], summary["top1_agreement"]]
+    row += [summary["max_abs_logit_diff"], summary["top1_exported"]]
+    row += [summary["images_per_s_eager"], summary["images_per_s_exported"]]
+    print(markdown_table(headers, [row]))
+    note = f"wrote {args.out} ({summary['export_s']:.0f} s); images/s at batch {len(example)}"
+    print(note, file=sys.stderr)
+
+
 def cmd_viz(args: argparse.Namespace) -> None:
     if args.method is None:
         raise ValueError("viz needs --method (and --flops-reduction or --ratio)")
@@ -620,6 +671,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=positive_int, default=10)
     add_reduction_args(bench)
     bench.set_defaults(run=cmd_bench)
+
+    export = commands.add_parser(
+        "export", help="a (reduced) model as a torch.export program (.pt2) or an ONNX file, checked on images"
+    )
+    add_model_args(export)
+    add_data_args(
+        export, folder_data, ("test", "val"), "compare on the first N images (default: all)", batch_size=64
+    )
+    add_runtime_args(export, device=None)
+    export.add_argument("--format", choices=deploy.FORMATS, default="onnx", help="pt2 or onnx (default)")
+    export.add_argument("--out", required=True, help="file to write (e.g. model.onnx)")
+    add_reduction_args(export)
+    export.set_defaults(run=cmd_export)
 
     viz = commands.add_parser("viz", help="draw which patches each reducing layer kept, merged or pruned")
     add_model_args(viz)

@@ -26,6 +26,9 @@ class TokenState:
     sizes: torch.Tensor  # (B, L) float: how many original tokens each token stands for
     cls_position: int | None  # the class token's original index (never reduced); None without one
     sources: torch.Tensor | None = None  # (B, L, L0) which original tokens each token holds (viz only)
+    # the class token's current index when it is the same in every image and known without reading
+    # the data (initial state; STM keeps it); None otherwise. Lets a method slice by it in compiled code
+    cls_at: int | None = None
 
     @classmethod
     def initial(
@@ -38,7 +41,7 @@ class TokenState:
         if track_sources:
             sources = torch.eye(length, device=tokens.device).expand(batch, length, length).contiguous()
         # no residual exists before the first block; blocks set it (with_streams) before any reduction
-        return cls(tokens, tokens, positions, sizes, cls_position, sources)
+        return cls(tokens, tokens, positions, sizes, cls_position, sources, cls_at=cls_position)
 
     @property
     def length(self) -> int:

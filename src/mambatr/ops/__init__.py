@@ -5,10 +5,13 @@ mamba_ssm's CUDA kernels, a vectorised PyTorch path or the reference loops (``im
 :mod:`mambatr.ops.dispatch`).
 """
 
+from mambatr.ops import _cpu_kernels
 from mambatr.ops.conv import causal_conv1d, causal_conv1d_torch
 from mambatr.ops.dispatch import IMPLS, backend_info, last_impl, prepare
 from mambatr.ops.reference import causal_conv1d_reference, selective_scan_reference
 from mambatr.ops.scan import selective_scan, selective_scan_torch
+
+_cpu_kernels.load_installed()
 
 __all__ = [
     "IMPLS",

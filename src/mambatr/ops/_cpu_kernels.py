@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from mambatr.ops import registration
+
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 INSTALLED_INFO = HERE / "_kernels.json"
@@ -136,12 +138,15 @@ def load(verbose: bool = False) -> str:
     Raises RuntimeError with the cause and the fixes when the build fails; never falls back silently.
     """
     global _loaded
+    if _loaded is not None:  # lock-free once loaded: torch.compile traces through this call
+        return _loaded
     with _lock:
         if _loaded is not None:
             return _loaded
         installed = installed_library()
         if installed is not None:
             torch.ops.load_library(str(installed))
+            registration.register()
             _loaded = str(installed)
             return _loaded
         missing = _missing_tools()
@@ -164,8 +169,16 @@ def load(verbose: bool = False) -> str:
             )
         except Exception as err:  # compiler errors surface as several exception types
             raise RuntimeError(_failure(f"{type(err).__name__}: {err}")) from err
+        registration.register()
         _loaded = str(path) if path else str(directory / f"{extension_name()}.so")
         return _loaded
+
+
+def load_installed() -> None:
+    """Load the installed kernels if they fit (nothing is compiled): ``import mambatr`` registers the
+    operators, so ``torch.compile`` / ``torch.export`` / ``torch.export.load`` find them."""
+    if _loaded is None and installed_library() is not None:
+        load()
 
 
 def is_loaded() -> bool:

@@ -32,6 +32,7 @@ def causal_conv1d(
         "reference": causal_conv1d_reference,
         "cpu": causal_conv1d_cpu,
         "torch": causal_conv1d_torch,
+        "chunked": causal_conv1d_torch,  # already standard ops: what "chunked" (ONNX export) runs
         "cuda": causal_conv1d_cuda,
     }[chosen]
     return fn(x, weight, bias, silu, reverse)
@@ -47,28 +48,9 @@ def causal_conv1d_cpu(
     xc = xc if xc.stride(-1) == 1 else xc.contiguous()
     w = weight.to(dtype).contiguous()
     b = None if bias is None else bias.to(dtype).contiguous()
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xc, w, b)):
-        y = _CausalConv1dCPU.apply(xc, w, b, silu, reverse)
-    else:  # inference: nothing is kept for backward
-        y = torch.ops.mambatr.conv_fwd(xc, w, b, silu, reverse)
-    return y.to(x.dtype)
-
-
-class _CausalConv1dCPU(torch.autograd.Function):
-    """Saves only the inputs; the backward recomputes the pre-activation for SiLU's gradient."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, silu, reverse):  # type: ignore[override]
-        ctx.save_for_backward(x, weight, bias)
-        ctx.flags = (silu, reverse)
-        return torch.ops.mambatr.conv_fwd(x, weight, bias, silu, reverse)
-
-    @staticmethod
-    def backward(ctx, dout):  # type: ignore[override]
-        x, weight, bias = ctx.saved_tensors
-        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-        dx, dweight, dbias = torch.ops.mambatr.conv_bwd(dout, x, weight, bias, *ctx.flags)
-        return dx, dweight, None if bias is None else dbias, None, None
+    # an operator with a fake kernel and an autograd formula (mambatr.ops.registration); the backward
+    # recomputes the pre-activation for SiLU's gradient
+    return torch.ops.mambatr.conv_fwd(xc, w, b, silu, reverse).to(x.dtype)
 
 
 def causal_conv1d_torch(

@@ -1,8 +1,10 @@
 """Choosing the implementation behind ``selective_scan`` / ``causal_conv1d``, and reporting it.
 
 impl: "auto" (the default, overridable with $MAMBATR_OPS_IMPL), "reference" (plain loops),
-"cpu" (C++ kernels), "torch" (vectorised PyTorch, any device), "triton" (Triton kernels: CUDA tensors,
-or CPU tensors in Triton's interpreter with TRITON_INTERPRET=1), "cuda" (mamba_ssm / causal_conv1d).
+"cpu" (C++ kernels), "torch" (vectorised PyTorch, any device), "chunked" (standard tensor ops only, no
+loop over time: what ONNX export uses, see mambatr.ops.chunked_scan; the conv as in "torch"),
+"triton" (Triton kernels: CUDA tensors, or CPU tensors in Triton's interpreter with TRITON_INTERPRET=1),
+"cuda" (mamba_ssm / causal_conv1d).
 "auto" picks "cpu" for CPU tensors; for CUDA tensors "triton" when triton imports, else "cuda" when
 the CUDA package is importable (and the call has no gap), else "torch". mamba_ssm is used only when
 asked for (or, without triton, by "auto"). An unusable explicit choice raises; nothing falls back
@@ -20,7 +22,7 @@ import torch
 
 from mambatr.ops import _cpu_kernels
 
-IMPLS = ("auto", "reference", "cpu", "torch", "triton", "cuda")
+IMPLS = ("auto", "reference", "cpu", "torch", "chunked", "triton", "cuda")
 ENV_VAR = "MAMBATR_OPS_IMPL"
 CUDA_PACKAGES = {"selective_scan": "mamba_ssm", "causal_conv1d": "causal_conv1d"}
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mambatr.ops import _cpu_kernels, dispatch
+from mambatr.ops.chunked_scan import selective_scan_chunked
 from mambatr.ops.reference import selective_scan_reference
 
 Tensor = torch.Tensor
@@ -38,6 +39,7 @@ def selective_scan(
         "reference": selective_scan_reference,
         "cpu": selective_scan_cpu,
         "torch": selective_scan_torch,
+        "chunked": selective_scan_chunked,
         "cuda": selective_scan_mamba_ssm,
     }[chosen]
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse)
@@ -86,42 +88,10 @@ def selective_scan_cpu(
         _dense(delta_bias, dtype),
         _dense(gap, dtype),
     )
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args):
-        y = _SelectiveScanCPU.apply(*args, delta_softplus, reverse)
-    else:  # inference: nothing is kept for backward
-        y = torch.ops.mambatr.scan_fwd(*args, delta_softplus, reverse)
+    # an operator with a fake kernel and an autograd formula (mambatr.ops.registration): it saves only
+    # the inputs, and only when a gradient is needed; the backward kernel recomputes the states
+    y = torch.ops.mambatr.scan_fwd(*args, delta_softplus, reverse)
     return y.to(u.dtype)
-
-
-class _SelectiveScanCPU(torch.autograd.Function):
-    """Saves only the inputs; the backward kernel recomputes the states."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, gap, softplus, reverse):  # type: ignore[override]
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, gap)
-        ctx.flags = (softplus, reverse)
-        return torch.ops.mambatr.scan_fwd(u, delta, A, B, C, D, z, delta_bias, gap, softplus, reverse)
-
-    @staticmethod
-    def backward(ctx, dout):  # type: ignore[override]
-        u, delta, A, B, C, D, z, delta_bias, gap = ctx.saved_tensors
-        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-        du, ddelta, dA, dB, dC, dD, dz, dbias = torch.ops.mambatr.scan_bwd(
-            dout, u, delta, A, B, C, D, z, delta_bias, gap, *ctx.flags
-        )
-        return (
-            du,
-            ddelta,
-            dA,
-            dB,
-            dC,
-            None if D is None else dD,
-            None if z is None else dz,
-            None if delta_bias is None else dbias,
-            None,
-            None,
-            None,
-        )
 
 
 def selective_scan_torch(

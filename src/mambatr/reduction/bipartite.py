@@ -28,9 +28,12 @@ class Matching:
 
 def reducible_indices(state: TokenState) -> torch.Tensor:
     """(B, N) indices of every token but the class token, in sequence order."""
-    mask = state.reducible_mask()
-    index = torch.arange(state.length, device=mask.device).expand_as(mask)
-    return index[mask].view(mask.shape[0], -1)
+    if state.cls_position is None:
+        return torch.arange(state.length, device=state.positions.device).expand_as(state.positions)
+    # a stable sort puts the reducible tokens first, in order: a static shape (no boolean indexing),
+    # so compiled and exported models see no data-dependent size
+    order = state.positions.eq(state.cls_position).to(torch.int8).argsort(dim=1, stable=True)
+    return order[:, : state.length - 1]
 
 
 def class_indices(state: TokenState) -> torch.Tensor:

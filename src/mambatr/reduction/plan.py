@@ -63,6 +63,7 @@ class ReductionPlan:
             positions=gather_tokens(state.positions, self.survivors),
             sizes=self.reduce_sum(state.sizes),
             sources=None if state.sources is None else self.reduce_sum(state.sources),
+            cls_at=None,  # survivors are chosen per image: read the class token's index from positions
         )
 
 

@@ -31,11 +31,13 @@ from mambatr.reduction.base import ReductionMethod
 from mambatr.tokens import TokenState, accumulate_dtype
 
 
-def protection_weights(branch: BranchInternals, reduced: torch.Tensor, absorber: int) -> torch.Tensor:
-    """(B, k, E) per-channel weights of the reduced tokens (indices ``reduced``) into ``absorber``."""
+def protection_weights(
+    branch: BranchInternals, reduced: torch.Tensor, absorber: int, forward: bool
+) -> torch.Tensor:
+    """(B, k, E) per-channel weights of the reduced tokens (indices ``reduced``) into ``absorber``;
+    ``forward``: the reduced tokens precede the absorber (the forward scan reaches it through them)."""
     acc = accumulate_dtype(branch.delta.dtype)
     delta, B, A = branch.delta.to(acc), branch.B.to(acc), branch.A.to(acc)
-    forward = bool((reduced < absorber).all())
     # S_j: deltas strictly after j up to and including the absorber, in scan order
     cumulative = delta.cumsum(dim=1)  # (B, L, E)
     if forward:
@@ -79,7 +81,8 @@ class STM(ReductionMethod):
     ) -> None:
         index = torch.tensor(reduced, device=state.hidden.device)
         if self.protect:
-            weights = protection_weights(branch, index, absorber).mean(-1).clamp(0.0, 1.0)  # (B, k)
+            forward = reduced[0] < absorber
+            weights = protection_weights(branch, index, absorber, forward).mean(-1).clamp(0.0, 1.0)  # (B, k)
             for x in streams.values():
                 carried = (weights[..., None] * x[:, index].to(weights.dtype)).sum(1)
                 x[:, absorber] = x[:, absorber] + carried.to(x.dtype)
@@ -92,7 +95,7 @@ class STM(ReductionMethod):
             left = state.length // 2
             right = state.length - left - 1
         else:  # position-based merging: the class token has the same index in every image
-            left = int(state.cls_index()[0])
+            left = state.cls_at if state.cls_at is not None else int(state.cls_index()[0])
             right = state.length - left - 1
         k_left = min(math.ceil(count / 2) if right > 1 else count, max(left - 1, 0))
         k_right = count - k_left
@@ -123,4 +126,5 @@ class STM(ReductionMethod):
             totals["sizes"][:, keep],
             state.cls_position,
             None if sources is None else sources[:, keep],
+            cls_at=None if state.cls_position is None else left - k_left,
         )

@@ -1,0 +1,183 @@
+"""Reduced (or dense) models out of Python's eager loop: ``torch.export`` programs (.pt2) and ONNX files.
+
+A method's per-layer counts are fixed for a given schedule, so every shape in a reduced model is
+static but the batch size: both formats keep the batch dimension dynamic.
+
+* **pt2** (``torch.export``): the graph calls mambatr's C++ operators (``torch.ops.mambatr.*``);
+  ``torch.export.load`` needs them registered, i.e. ``import mambatr`` first.
+* **ONNX**: standard ONNX ops only, runnable by onnxruntime without mambatr. The scan is exported
+  in its chunked formulation (``mambatr.ops.chunked_scan``: no loop over time), the conv as
+  ``Conv``; stable sorts (``argsort(stable=True)``, used by the methods' rankings) become ``TopK``,
+  which ONNX defines to break ties by the lower index, as a stable sort does.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mambatr.outputs import atomic_path
+
+FORMATS = ("pt2", "onnx")
+MAX_BATCH = 4096
+ONNX_OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+def _dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+
+
+@contextmanager
+def scan_impl(model: torch.nn.Module, impl: str) -> Iterator[None]:
+    """Run ``model``'s scans and convs with ``impl`` inside the block, then restore its choice."""
+    previous = model.scan_impl
+    model.scan_impl = impl
+    try:
+        yield
+    finally:
+        model.scan_impl = previous
+
+
+def export_program(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model`` (in eval mode) with a dynamic batch dimension."""
+    with torch.no_grad():
+        return torch.export.export(model.eval(), (example,), dynamic_shapes=_dynamic_batch())
+
+
+def _onnx_sort_stable(self, stable=None, dim: int = -1, descending: bool = False):
+    """aten.sort.stable as ONNX TopK over the whole axis (ties: lower index first, as a stable sort)."""
+    from onnxscript import opset18 as op  # optional: the `export` extra
+
+    size = op.Shape(self, start=dim) if dim == -1 else op.Shape(self, start=dim, end=dim + 1)
+    return op.TopK(self, size, axis=dim, largest=int(descending), sorted=1)
+
+
+def require_onnx() -> None:
+    """Raise ImportError naming the extra when onnx / onnxscript are missing."""
+    missing = []
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {' and '.join(missing)}: pip install 'mambatr[export]' "
+            "(onnx, onnxscript, onnxruntime)"
+        )
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor):
+    """``torch.onnx.export`` (the torch.export-based exporter) of ``model`` with a dynamic batch,
+    its scans in the chunked formulation; returns the ``torch.onnx.ONNXProgram``.
+
+    The exporter's own graph optimiser is skipped: on these graphs it costs minutes and onnxruntime
+    optimises the graph itself when it loads it."""
+    require_onnx()
+    with scan_impl(model, "chunked"), torch.no_grad():
+        program = torch.onnx.export(
+            model.eval(),
+            (example,),
+            dynamo=True,
+            dynamic_shapes=_dynamic_batch(),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=ONNX_OPSET,
+            custom_translation_table={torch.ops.aten.sort.stable: _onnx_sort_stable},
+            optimize=False,
+            verbose=False,
+        )
+    return program
+
+
+def save(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str | Path) -> None:
+    """Export ``model`` as ``fmt`` ("pt2" or "onnx") to ``path``, written whole or not at all."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
+    if fmt == "pt2":
+        program = export_program(model, example)
+        with atomic_path(path) as temporary:
+            torch.export.save(program, temporary)
+        return
+    program = export_onnx(model, example)
+    with atomic_path(path) as temporary:
+        program.save(str(temporary), external_data=False)
+
+
+class OnnxRunner:
+    """An onnxruntime session on the CPU execution provider, called like a model: images -> logits."""
+
+    @staticmethod
+    def require() -> None:
+        """Raise ImportError naming the extra when onnxruntime is missing."""
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ImportError("running ONNX files needs onnxruntime: pip install 'mambatr[export]'") from None
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.require()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: images.detach().cpu().float().numpy()})
+        return torch.from_numpy(logits)
+
+
+def load(fmt: str, path: str | Path, threads: int | None = None):
+    """A callable images -> logits for an exported file: the pt2 program's module, or onnxruntime."""
+    if fmt == "pt2":
+        return torch.export.load(str(path)).module()
+    return OnnxRunner(path, threads)
+
+
+@torch.inference_mode()
+def agreement(model: torch.nn.Module, exported, batches, total: int, desc: str = "compare") -> dict:
+    """The exported model beside the eager one on the same inputs: top-1 agreement, the largest
+    |logit difference| (absolute and relative to the largest |logit|), and both top-1s on the labels."""
+    same = correct_eager = correct_exported = images = 0
+    max_diff = max_logit = 0.0
+    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
+        for inputs, labels in batches:
+            eager, other = model(inputs).float(), exported(inputs).float()
+            top_eager, top_other = eager.argmax(-1), other.argmax(-1)
+            same += int((top_eager == top_other).sum())
+            correct_eager += int((top_eager == labels).sum())
+            correct_exported += int((top_other == labels).sum())
+            max_diff = max(max_diff, float((eager - other).abs().max()))
+            max_logit = max(max_logit, float(eager.abs().max()))
+            images += len(inputs)
+            bar.update(len(inputs))
+    return {
+        "images": images,
+        "top1_agreement": 100.0 * same / images,
+        "max_abs_logit_diff": max_diff,
+        "max_rel_logit_diff": max_diff / max(max_logit, 1e-30),
+        "top1_eager": 100.0 * correct_eager / images,
+        "top1_exported": 100.0 * correct_exported / images,
+    }
+
+
+@torch.inference_mode()
+def images_per_s(fn, images: torch.Tensor, warmup: int = 2, runs: int = 10) -> float:
+    """Median images/s of ``runs`` calls of ``fn`` on one batch, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn(images)
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(images)
+        rates.append(len(images) / (time.perf_counter() - start))
+    return statistics.median(rates)
