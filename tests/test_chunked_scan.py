@@ -60,7 +60,7 @@ def test_float64_matches_reference_at_moderate_decay():
 
 
 def test_large_inputs_and_tiny_decays_do_not_overflow():
-    """Inputs of 1e15 with steps that decay by exp(-1000): the exponents stay within +-CHUNK*CLAMP/2."""
+    """Inputs of 1e15 with steps that decay by exp(-1000): finite, and no denormal is produced."""
     length = 50
     log_decay = torch.full((1, length, 3), -1000.0)
     log_decay[:, ::7] = -1e-3
@@ -71,4 +71,4 @@ def test_large_inputs_and_tiny_decays_do_not_overflow():
         expected[:, t] += torch.exp(log_decay[:, t]) * expected[:, t - 1]
     assert torch.isfinite(states).all()
     torch.testing.assert_close(states, expected, rtol=1e-6, atol=0)
-    assert chunked_scan.CHUNK * chunked_scan.CLAMP / 2 <= 40  # exp(40) = 2.4e17: far from float32's 3.4e38
+    assert torch.exp(torch.tensor(-chunked_scan.CLAMP)) >= torch.finfo(torch.float32).tiny  # a normal float

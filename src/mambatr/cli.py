@@ -39,7 +39,7 @@ from mambatr.flops import CONVENTIONS, count_flops
 from mambatr.models import create_model, model_entry
 from mambatr.outputs import check_writable_dir, check_writable_file
 from mambatr.probe import parse_ints, probe_table, run_probe
-from mambatr.reduction import METHODS, calibrate
+from mambatr.reduction import METHODS, ReductionReport, calibrate
 from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION, SHIPPED_SCHEDULES
 from mambatr.sweep import (
     TABLE_HEADERS,
@@ -98,6 +98,19 @@ def _load_model(which: ModelArgs) -> torch.nn.Module:
     return model.eval()
 
 
+def _reduction_summary(method: str, report: ReductionReport) -> dict:
+    """What a result file records of the reduction that ran (the ``mambatr.apply`` report)."""
+    return dict(
+        method=method,
+        options=report.options,
+        layers=report.layers,
+        removals=report.removals,
+        flops_reduction_target=report.flops_reduction_target,
+        flops_reduction_achieved=report.flops_reduction_achieved,
+        tokens_per_layer=report.tokens_per_layer,
+    )
+
+
 def cmd_flops(args: argparse.Namespace) -> None:
     with torch.device("meta"):  # shapes only: no memory, no weights
         model = create_model(args.model)
@@ -129,16 +142,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     }
     if reduction.method is not None:
         report = reduction.apply(model)
-        summary.update(
-            method=reduction.method,
-            options=report.options,
-            layers=report.layers,
-            removals=report.removals,
-            flops_reduction_target=report.flops_reduction_target,
-            flops_reduction_achieved=report.flops_reduction_achieved,
-            tokens_per_layer=report.tokens_per_layer,
-        )
-        summary["gflops"] = report.gflops
+        summary.update(_reduction_summary(reduction.method, report), gflops=report.gflops)
     else:
         summary["gflops"] = summary["gflops_dense"]
     skipped: list[str] | None = [] if args.skip_bad_images else None
@@ -415,14 +419,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     model = _load_model(which)
     summary: dict = {"model": which.model, "checkpoint": which.checkpoint, "format": args.format}
     if reduction.method is not None:
-        report = reduction.apply(model)
-        summary.update(
-            method=reduction.method,
-            options=report.options,
-            removals=report.removals,
-            flops_reduction_achieved=report.flops_reduction_achieved,
-            tokens_per_layer=report.tokens_per_layer,
-        )
+        summary.update(_reduction_summary(reduction.method, reduction.apply(model)))
     batches, total = eval_batches(which.model, inputs, model, run.context)
     first, _ = eval_batches(which.model, replace(inputs, limit=inputs.batch_size), model, run.context)
     example = next(iter(first))[0]  # the export's example batch: the first --batch-size images

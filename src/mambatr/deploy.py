@@ -34,6 +34,11 @@ def _dynamic_batch() -> tuple[dict[int, torch.export.Dim]]:
     return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
 
 
+def _traceable(example: torch.Tensor) -> torch.Tensor:
+    """The example batch, doubled when it holds one image (a size-1 dimension would be specialised)."""
+    return torch.cat((example, example)) if len(example) == 1 else example
+
+
 @contextmanager
 def scan_impl(model: torch.nn.Module, impl: str) -> Iterator[None]:
     """Run ``model``'s scans and convs with ``impl`` inside the block, then restore its choice."""
@@ -48,7 +53,7 @@ def scan_impl(model: torch.nn.Module, impl: str) -> Iterator[None]:
 def export_program(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
     """``torch.export`` of ``model`` (in eval mode) with a dynamic batch dimension."""
     with torch.no_grad():
-        return torch.export.export(model.eval(), (example,), dynamic_shapes=_dynamic_batch())
+        return torch.export.export(model.eval(), (_traceable(example),), dynamic_shapes=_dynamic_batch())
 
 
 def _onnx_sort_stable(self, stable=None, dim: int = -1, descending: bool = False):
@@ -84,7 +89,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor):
     with scan_impl(model, "chunked"), torch.no_grad():
         program = torch.onnx.export(
             model.eval(),
-            (example,),
+            (_traceable(example),),
             dynamo=True,
             dynamic_shapes=_dynamic_batch(),
             input_names=[INPUT_NAME],

@@ -6,10 +6,9 @@ Semantics and layout are those of :func:`mambatr.ops.reference.selective_scan_re
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from mambatr.ops import _cpu_kernels, dispatch
-from mambatr.ops.chunked_scan import selective_scan_chunked
+from mambatr.ops.chunked_scan import discretized, readout, selective_scan_chunked
 from mambatr.ops.reference import selective_scan_reference
 
 Tensor = torch.Tensor
@@ -111,33 +110,16 @@ def selective_scan_torch(
 
     Materialises (batch, length, E, N) twice, so it is memory hungry; autograd does the backward.
     """
-    dtype = _compute_dtype(u.dtype)
-    u_c, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)
-    if delta_softplus:
-        delta = F.softplus(delta)
-    decay = delta
-    if gap is not None:  # previous token in scan order; zero before the first
-        pad = torch.zeros_like(delta[:, :1])
-        prev = torch.cat([delta[:, 1:], pad], 1) if reverse else torch.cat([pad, delta[:, :-1]], 1)
-        decay = delta + gap.to(dtype)[..., None] * prev
-    delta_a = torch.exp(decay[..., None] * A)
-    delta_bu = (delta * u_c)[..., None] * B[:, :, None, :]
+    log_decay, delta_bu = discretized(u, delta, A, B, delta_bias, delta_softplus, gap, reverse)
     length = u.shape[1]
     order = range(length - 1, -1, -1) if reverse else range(length)
-    a_steps, bu_steps = delta_a.unbind(1), delta_bu.unbind(1)
+    a_steps, bu_steps = torch.exp(log_decay).unbind(1), delta_bu.unbind(1)
     states: list[Tensor] = [a_steps[0]] * length
     state = torch.zeros_like(a_steps[0])
     for t in order:
         state = a_steps[t] * state + bu_steps[t]
         states[t] = state
-    y = torch.matmul(torch.stack(states, 1), C[..., None]).squeeze(-1)
-    if D is not None:
-        y = y + u_c * D.to(dtype)
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    return y.to(u.dtype)
+    return readout(torch.stack(states, 1), u, C, D, z).to(u.dtype)
 
 
 def selective_scan_mamba_ssm(
