@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import json
 import sys
 import time
@@ -421,8 +422,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     if reduction.method is not None:
         summary.update(_reduction_summary(reduction.method, reduction.apply(model)))
     batches, total = eval_batches(which.model, inputs, model, run.context)
-    first, _ = eval_batches(which.model, replace(inputs, limit=inputs.batch_size), model, run.context)
-    example = next(iter(first))[0]  # the export's example batch: the first --batch-size images
+    first = next(batches)  # the export's example batch: the first --batch-size images, compared too
+    example, batches = first[0], itertools.chain([first], batches)
     start = time.perf_counter()
     deploy.save(model, example, args.format, args.out)
     summary.update(out=str(args.out), export_s=time.perf_counter() - start)

@@ -23,18 +23,10 @@ def _scan_fwd_fake(u, delta, A, B, C, D, z, delta_bias, gap, softplus, reverse):
 def _scan_bwd_fake(dout, u, delta, A, B, C, D, z, delta_bias, gap, softplus, reverse):  # noqa: N803
     batch, length, e = u.shape
     n = A.shape[1]
-    like = dict(dtype=u.dtype, device=u.device)
-    dz = u.new_empty((batch, length, e)) if z is not None else u.new_empty((0,))
-    return [
-        u.new_empty((batch, length, e)),
-        u.new_empty((batch, length, e)),
-        torch.empty((e, n), **like),
-        torch.empty((batch, length, n), **like),
-        torch.empty((batch, length, n), **like),
-        torch.empty((e,), **like),
-        dz,
-        torch.empty((e,), **like),
-    ]
+    rows, states, channels = (batch, length, e), (batch, length, n), (e,)
+    dz = rows if z is not None else (0,)  # the kernel returns an empty dz without z
+    shapes = (rows, rows, (e, n), states, states, channels, dz, channels)
+    return [u.new_empty(shape) for shape in shapes]
 
 
 def _scan_setup_context(ctx, inputs, output) -> None:
