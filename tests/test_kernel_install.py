@@ -4,6 +4,7 @@ folder unique to this installation (two environments or clones never share or re
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
@@ -64,3 +65,29 @@ def test_setup_compiled_the_kernels_into_the_package():
     """After scripts/setup.sh nothing compiles at run time: the installed library is the one loaded."""
     _cpu_kernels.load()
     assert _cpu_kernels.loaded_from() == "installed"
+
+
+STANDALONE = """
+import importlib.abc, importlib.util, sys
+
+class NoMambatr(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "mambatr":
+            raise ImportError(f"{name} is not installed yet")
+
+sys.meta_path.insert(0, NoMambatr())
+spec = importlib.util.spec_from_file_location("mambatr_kernel_flags", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(module.build_info()["sources"], module.cflags()[0], *module.SOURCES)
+"""
+
+
+def test_setup_py_reads_the_build_flags_before_mambatr_is_importable():
+    """setup.py executes _cpu_kernels.py by path while mambatr is being installed: it may import only
+    torch and the standard library at module level (a package import there broke a fresh install)."""
+    done = subprocess.run(
+        [sys.executable, "-c", STANDALONE, _cpu_kernels.__file__], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [_cpu_kernels.build_info()["sources"], "-O3", *_cpu_kernels.SOURCES]

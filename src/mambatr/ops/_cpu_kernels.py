@@ -33,8 +33,6 @@ from pathlib import Path
 
 import torch
 
-from mambatr.ops import registration
-
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 INSTALLED_INFO = HERE / "_kernels.json"
@@ -132,6 +130,15 @@ def _missing_tools() -> list[str]:
     return missing
 
 
+def _registered(library: str) -> str:
+    """Adds the fake kernels and autograd formulas to the ops ``library`` just registered; returns it."""
+    # imported here, not at the top: setup.py executes this file on its own, before mambatr is importable
+    from mambatr.ops import registration
+
+    registration.register()
+    return library
+
+
 def load(verbose: bool = False) -> str:
     """Load the installed kernels, or compile them once (cached per installation); return the library path.
 
@@ -146,8 +153,7 @@ def load(verbose: bool = False) -> str:
         installed = installed_library()
         if installed is not None:
             torch.ops.load_library(str(installed))
-            registration.register()
-            _loaded = str(installed)
+            _loaded = _registered(str(installed))
             return _loaded
         missing = _missing_tools()
         if missing:
@@ -169,8 +175,7 @@ def load(verbose: bool = False) -> str:
             )
         except Exception as err:  # compiler errors surface as several exception types
             raise RuntimeError(_failure(f"{type(err).__name__}: {err}")) from err
-        registration.register()
-        _loaded = str(path) if path else str(directory / f"{extension_name()}.so")
+        _loaded = _registered(str(path) if path else str(directory / f"{extension_name()}.so"))
         return _loaded
 
 
