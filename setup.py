@@ -28,7 +28,7 @@ def kernel_build() -> dict:
             file=sys.stderr,
         )
         return {}
-    spec = importlib.util.spec_from_file_location("mambatr_kernel_flags", OPS / "_cpu_kernels.py")
+    spec = importlib.util.spec_from_file_location("mambatr_kernel_build", OPS / "kernel_build.py")
     kernels = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(kernels)
     (OPS / "_kernels.json").write_text(json.dumps(kernels.build_info()) + "\n")

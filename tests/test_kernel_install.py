@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mambatr.ops import _cpu_kernels
+from mambatr.ops import _cpu_kernels, kernel_build
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ class NoMambatr(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is not installed yet")
 
 sys.meta_path.insert(0, NoMambatr())
-spec = importlib.util.spec_from_file_location("mambatr_kernel_flags", sys.argv[1])
+spec = importlib.util.spec_from_file_location("mambatr_kernel_build", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 print(module.build_info()["sources"], module.cflags()[0], *module.SOURCES)
@@ -84,10 +84,10 @@ print(module.build_info()["sources"], module.cflags()[0], *module.SOURCES)
 
 
 def test_setup_py_reads_the_build_flags_before_mambatr_is_importable():
-    """setup.py executes _cpu_kernels.py by path while mambatr is being installed: it may import only
-    torch and the standard library at module level (a package import there broke a fresh install)."""
+    """setup.py executes kernel_build.py by path while mambatr is being installed: it may import only
+    torch and the standard library (an import of mambatr there broke a fresh install)."""
     done = subprocess.run(
-        [sys.executable, "-c", STANDALONE, _cpu_kernels.__file__], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", STANDALONE, kernel_build.__file__], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [_cpu_kernels.build_info()["sources"], "-O3", *_cpu_kernels.SOURCES]

@@ -1,6 +1,6 @@
 """Build and load the C++ CPU kernels (selective scan, causal conv); they register ``torch.ops.mambatr.*``.
 
-Two ways in, from the same sources and flags:
+Two ways in, from the same sources and flags (``kernel_build.py``, which setup.py reads too):
 
 * **Installed** (what ``scripts/setup.sh`` does): ``pip install --no-build-isolation [-e] .`` compiles them
   with setup.py's ``CppExtension`` into the package, as ``src/mambatr/ops/_kernels*.so`` plus
@@ -21,11 +21,9 @@ the runtime torch already loaded, so ``at::parallel_for`` spreads them over torc
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import threading
@@ -33,69 +31,21 @@ from pathlib import Path
 
 import torch
 
+from mambatr.ops import registration
+from mambatr.ops.kernel_build import CSRC, LDFLAGS, MARCH_ENV, SOURCES, build_info, cflags, cpu_tag, march
+
 HERE = Path(__file__).resolve().parent
-CSRC = HERE / "csrc"
 INSTALLED_INFO = HERE / "_kernels.json"
 KERNELS_DIR_ENV = "MAMBATR_KERNELS_DIR"
-SOURCES = ("scan.cpp", "conv.cpp", "parallel.cpp")
-MARCH_ENV = "MAMBATR_CPU_MARCH"
-LDFLAGS = ["-fopenmp"]
 
 _lock = threading.Lock()
 _loaded: str | None = None
 
 
-@functools.cache
-def _cpu_tag() -> str:
-    """Short hash of the CPU model and feature flags (the -march=native target)."""
-    text = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features", "model name")):
-                text += line
-                if line.startswith(("flags", "Features")):
-                    break
-    except OSError:
-        pass
-    return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-def march() -> str:
-    """The -march target: $MAMBATR_CPU_MARCH, else native."""
-    value = os.environ.get(MARCH_ENV, "").strip() or "native"
-    if not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise ValueError(f"${MARCH_ENV}={value!r} is not a -march name (e.g. native, haswell, x86-64-v3)")
-    return value
-
-
-def cflags() -> list[str]:
-    return ["-O3", f"-march={march()}", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall"]
-
-
 def extension_name() -> str:
     target = march()
     suffix = "" if target == "native" else "_" + "".join(c if c.isalnum() else "_" for c in target)
-    return f"mambatr_cpu_{_cpu_tag()}{suffix}"
-
-
-@functools.cache
-def _sources_tag() -> str:
-    """Short hash of the kernel sources: an installed library built from other sources is stale."""
-    digest = hashlib.sha1()
-    for path in sorted(p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def build_info() -> dict[str, str]:
-    """What a build is for; written beside the installed library, compared before loading it."""
-    target = march()
-    return {
-        "march": target,
-        "cpu": _cpu_tag() if target == "native" else "any",
-        "torch": torch.__version__,
-        "sources": _sources_tag(),
-    }
+    return f"mambatr_cpu_{cpu_tag()}{suffix}"
 
 
 def installed_library() -> Path | None:
@@ -132,9 +82,6 @@ def _missing_tools() -> list[str]:
 
 def _registered(library: str) -> str:
     """Adds the fake kernels and autograd formulas to the ops ``library`` just registered; returns it."""
-    # imported here, not at the top: setup.py executes this file on its own, before mambatr is importable
-    from mambatr.ops import registration
-
     registration.register()
     return library
 
