@@ -1,7 +1,7 @@
 #!/usr/bin/env sh
 # Set up mambatr on a fresh Debian machine, root or not: Fashion-MNIST (Debian package), a virtual
 # environment in .venv (stock Debian refuses `pip install` outside one), PyTorch 2.13.0, mambatr itself
-# (editable, with test tools and the ONNX export extra) and its C++ CPU kernels, compiled here into the package.
+# (editable, with test tools, the ONNX export extra and the Hub extra) and its C++ CPU kernels, compiled here into the package.
 #
 # PyTorch: `pip install torch==2.13.0` gives whatever build pip's configuration resolves to: the CPU
 # build on this project's machines, the CUDA build (several GB of nvidia-* wheels) on an ordinary Linux
@@ -25,6 +25,6 @@ else
     $PIP install -q torch==2.13.0
 fi
 # --no-build-isolation: setup.py needs this environment's torch to compile the kernels
-$PIP install -q --no-build-isolation -e ".[dev,export]"
+$PIP install -q --no-build-isolation -e ".[dev,export,hub]"
 .venv/bin/python -c "import torch; print(f'torch {torch.__version__} (CUDA build: {torch.version.cuda is not None})')"
 .venv/bin/python -m mambatr.ops.build

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mambatr.models import (
+    hub,
     plainmamba_variants,  # noqa: F401  (registers the PlainMamba variants)
     videomamba_variants,  # noqa: F401  (registers the VideoMamba variants)
     vim_variants,  # noqa: F401  (registers the Vim variants)
@@ -24,6 +25,7 @@ __all__ = [
     "VimConfig",
     "VisionMamba",
     "create_model",
+    "has_pretrained",
     "list_models",
     "load_checkpoint",
     "register_model",
@@ -75,10 +77,35 @@ def exported_config(checkpoint: str | Path, name: str) -> dict:
     return config
 
 
+def has_pretrained(name: str) -> bool:
+    """Whether ``pretrained=True`` has weights for ``name``: shipped ones, or official ones on the Hub."""
+    return model_entry(name).weights is not None or name in hub.official_weights()
+
+
+def pretrained_weights(name: str) -> Path:
+    """The file ``pretrained=True`` loads: a testbed's shipped weights, or the official ones from the
+    Hugging Face Hub (cached, sha256-checked: :mod:`mambatr.models.hub`)."""
+    entry = model_entry(name)
+    if entry.weights is not None:
+        if not entry.weights.is_file():
+            raise FileNotFoundError(f"shipped weights for {name!r} missing at {entry.weights}")
+        return entry.weights
+    official = hub.official_weights().get(name)
+    if official is not None:
+        return hub.fetch(name, official)
+    elsewhere = hub.weights_elsewhere(name)
+    if elsewhere is not None:
+        raise ValueError(f"model {name!r}: {elsewhere}, then pass checkpoint=PATH")
+    raise ValueError(
+        f"model {name!r} has no shipped weights and no official ones on the Hub; pass checkpoint=PATH"
+    )
+
+
 def create_model(
     name: str, checkpoint: str | Path | None = None, pretrained: bool = False, **overrides
 ) -> nn.Module:
-    """Build a registered model; ``pretrained`` loads its shipped weights, ``checkpoint`` a file of yours.
+    """Build a registered model; ``pretrained`` loads its shipped weights (testbeds) or its official
+    ones from the Hugging Face Hub, ``checkpoint`` a file of yours.
 
     A ``mambatr train`` export carries its architecture in a JSON file beside the weights: it is used
     as overrides (explicit ``overrides`` win), so a custom-size model loads by its file alone; an
@@ -91,11 +118,7 @@ def create_model(
     if pretrained and checkpoint is not None:
         raise ValueError("pass either pretrained=True or checkpoint=..., not both")
     if pretrained:
-        if entry.weights is None:
-            raise ValueError(f"model {name!r} has no shipped weights; pass checkpoint=PATH")
-        if not entry.weights.is_file():
-            raise FileNotFoundError(f"shipped weights for {name!r} missing at {entry.weights}")
-        checkpoint = entry.weights
+        checkpoint = pretrained_weights(name)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model
