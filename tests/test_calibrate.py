@@ -207,3 +207,51 @@ def test_schedule_transfer_applies_the_same_counts_with_another_method():
     refused = module.cell(model, raw, labels, "mtr", too_many)
     assert refused["top1"] is None and "cannot remove" in refused["error"]
     assert torch.equal(model(x), dense)
+
+
+@pytest.mark.parametrize(
+    ("family", "method", "target", "cache_bytes"),
+    [
+        ("vim", "mtr", 0.3, 2**30),  # every block cached
+        ("vim", "hsa", 0.3, 0),  # block 0 only: trials run from the embedding (HSA's gaps are rebuilt)
+        ("vim", "stm", 0.3, 110_000),  # a budget that holds every other block (35 kB a block)
+        ("plainmamba", "tome", 0.1, 2**30),
+    ],
+)
+def test_the_prefix_cache_finds_the_same_schedule_as_full_forwards(family, method, target, cache_bytes):
+    """Trials from cached block entries give the same logits bit for bit, so the same greedy search."""
+    if family == "vim":
+        model, x = tiny_model(), images(count=5)
+    else:
+        torch.manual_seed(0)
+        model = mambatr.create_model(
+            "plainmamba_custom", img_size=24, patch_size=4, in_chans=1, num_classes=10, embed_dim=16,
+            depth=5, d_state=4,
+        ).eval()
+        x = torch.randn(5, 1, 24, 24, generator=torch.Generator().manual_seed(1))
+    common = dict(step=2, batch_size=2, progress=False)  # batches of 2: the cache keeps one per batch
+    full = mambatr.calibrate(model, method, target, x, cache_bytes=None, **common)
+    cached = mambatr.calibrate(model, method, target, x, cache_bytes=cache_bytes, **common)
+    assert cached.removals == full.removals and cached.objective == full.objective
+    assert cached.calibration["evaluations"] == full.calibration["evaluations"]
+
+
+def test_the_prefix_cache_runs_fewer_blocks_and_keeps_what_its_budget_holds():
+    from mambatr.models.backbone import Reduction
+    from mambatr.reduction.prefix_cache import PrefixCache, first_change
+    from mambatr.reduction.registry import build_method
+
+    model, x = tiny_model(), images(count=4)
+    entry_bytes = 4 * (2 * 50 * 16 * 4 + 50 * 8 + 50 * 4)  # hidden, residual, positions, sizes x 4 images
+    assert PrefixCache(model, build_method("mtr"), x, 4, cache_bytes=10**9).kept == set(range(6))
+    assert PrefixCache(model, build_method("mtr"), x, 4, cache_bytes=3 * entry_bytes).kept == {0, 2, 4}
+    cache = PrefixCache(model, build_method("mtr"), x, 4)
+    assert torch.equal(cache.dense_logits, model(x).double())
+    cache.accept({3: 4})
+    run = cache.blocks_run
+    trial = {3: 4, 4: 2}
+    assert first_change(cache.incumbent, trial) == 4
+    logits = cache.logits(trial)
+    assert cache.blocks_run - run == 2  # blocks 4 and 5 only
+    model.reduction = Reduction(build_method("mtr"), trial)
+    assert torch.equal(logits, model(x).double())

@@ -17,6 +17,7 @@ The loop carries a ``mambatr.tokens.TokenState`` and, after the blocks ``reducti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -162,6 +163,21 @@ class Reduction:
     removals: dict[int, int]
 
 
+@dataclass
+class BlockEntry:
+    """What enters block ``index`` of the loop: enough to run the rest of the model from there."""
+
+    index: int
+    state: TokenState  # positions, sizes, class token (its streams may be stale: hidden, residual rule)
+    hidden: torch.Tensor
+    residual: torch.Tensor | None  # None before the first block
+    gaps: Gaps | None
+
+    def nbytes(self) -> int:
+        tensors = [self.hidden, self.residual, self.state.positions, self.state.sizes, *(self.gaps or ())]
+        return sum(t.nbytes for t in tensors if t is not None)
+
+
 class ReducibleBackbone(nn.Module):
     """Token embedding, the block loop (reducing where ``self.reduction`` says) and the head."""
 
@@ -205,11 +221,20 @@ class ReducibleBackbone(nn.Module):
 
     def forward_features(self, inputs: torch.Tensor) -> torch.Tensor:
         state = TokenState.initial(self.embed(inputs), self.config.cls_index, self.track_sources)
-        hidden, residual, gaps = state.hidden, None, None
+        return self.blocks_from(BlockEntry(0, state, state.hidden, None, None))
+
+    def blocks_from(
+        self, entry: BlockEntry, record: Callable[[BlockEntry], None] | None = None
+    ) -> torch.Tensor:
+        """The block loop from ``entry.index`` on, then the head's features. ``record`` sees what enters
+        each block: a calibration search caches it and re-runs only the blocks a trial changes."""
+        state, hidden, residual, gaps = entry.state, entry.hidden, entry.residual, entry.gaps
         removals = self.reduction.removals if self.reduction is not None else {}
-        for index, layer in enumerate(self.layers):
+        for index in range(entry.index, len(self.layers)):
+            if record is not None:
+                record(BlockEntry(index, state, hidden, residual, gaps))
             count = removals.get(index, 0)
-            hidden, residual, internals = layer(
+            hidden, residual, internals = self.layers[index](
                 hidden, residual, gaps=gaps, capture=count > 0, **self.layer_inputs(state)
             )
             if count > 0:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from mambatr.models.backbone import BackboneConfig
 from mambatr.reduction.api import Reduction, backbone_of
 from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.prefix_cache import DEFAULT_CACHE_BYTES, PrefixCache
 from mambatr.reduction.registry import build_method
 from mambatr.reduction.schedule import (
     MAX_FLOPS_REDUCTION,
@@ -57,8 +58,10 @@ def search(
     objective: Callable[[dict[int, int]], float],
     step: int,
     progress: bool = True,
+    accept: Callable[[dict[int, int]], None] | None = None,
 ) -> tuple[dict[int, int], float, int]:
-    """Greedy (layer, count) search; returns the removals, their objective and the evaluations spent."""
+    """Greedy (layer, count) search; returns the removals, their objective and the evaluations spent.
+    ``accept`` hears of each move kept (the prefix cache re-records from it)."""
     if not 0.0 < target < MAX_FLOPS_REDUCTION:
         raise ValueError(f"flops_reduction must be in (0, {MAX_FLOPS_REDUCTION}), got {target}")
     if step < 1:
@@ -87,6 +90,8 @@ def search(
                 f"(stuck at {achieved:.1%}); choose a smaller target"
             )
         costs, current, removals = best
+        if accept is not None:
+            accept(removals)
         evaluations += len(costs)
         last_cost.update(costs)
         for layer in set(layers) - set(costs):  # no valid move there any more
@@ -169,6 +174,7 @@ def calibrate(
     *,
     step: int | None = None,
     batch_size: int = 256,
+    cache_bytes: int | None = DEFAULT_CACHE_BYTES,
     model_name: str = "",
     source: str = "",
     command: str = "",
@@ -177,7 +183,9 @@ def calibrate(
 ) -> Schedule:
     """A schedule for ``method`` at ``flops_reduction`` that keeps ``model``'s outputs on ``images``
     closest to the dense model's. ``step``: tokens added per move (default about 4 % of the tokens).
-    ``images`` only (no labels); the model is left dense."""
+    ``cache_bytes``: memory for the prefix cache (each trial runs only the blocks it changes; the same
+    schedule as without it); None runs every trial through the whole model (the reference).
+    ``images`` only (no labels); the model is left as it was."""
     backbone = backbone_of(model)
     config = backbone.config
     if len(images) == 0:
@@ -189,13 +197,21 @@ def calibrate(
     previous = backbone.reduction
     try:
         backbone.reduction = None
-        dense = F.log_softmax(_logits(model, images, batch_size), dim=-1)
+        if cache_bytes is None:
+            dense = F.log_softmax(_logits(model, images, batch_size), dim=-1)
 
-        def objective(removals: dict[int, int]) -> float:
-            backbone.reduction = Reduction(reducer, {k: v for k, v in removals.items() if v})
-            return mean_kl(dense, _logits(model, images, batch_size))
+            def objective(removals: dict[int, int]) -> float:
+                backbone.reduction = Reduction(reducer, {k: v for k, v in removals.items() if v})
+                return mean_kl(dense, _logits(model, images, batch_size))
 
-        removals, kl, evaluations = search(config, reducer, flops_reduction, objective, step, progress)
+            accept = None
+        else:
+            cache = PrefixCache(backbone, reducer, images, batch_size, cache_bytes)
+            dense = F.log_softmax(cache.dense_logits, dim=-1)
+            objective, accept = (lambda removals: mean_kl(dense, cache.logits(removals))), cache.accept
+        removals, kl, evaluations = search(
+            config, reducer, flops_reduction, objective, step, progress, accept
+        )
     finally:
         backbone.reduction = previous
     return Schedule(
