@@ -23,7 +23,10 @@ from mambatr.table import markdown_table
 
 
 def load_rows(path: Path) -> list[dict]:
+    """A sweep.json's rows: the document ``mambatr sweep`` writes (provenance and rows) or, as in older
+    runs, the bare list of rows."""
     rows = json.loads(path.read_text())
+    rows = rows.get("rows") if isinstance(rows, dict) else rows
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "method" in r for r in rows):
         raise ValueError(f"{path}: not a `mambatr sweep` JSON (a list of rows with a method)")
     return rows

@@ -78,9 +78,10 @@ def test_eval_and_sweep_under_torchrun_equal_single_process(data, tmp_path):
     launched = _run(_torchrun(["-m", "mambatr", *sweep, "--out", str(tmp_path / "two")]))
     assert single.returncode == 0 and launched.returncode == 0, launched.stderr
     keys = ("method", "target", "flops_reduction", "gflops", "top1", "removals")
-    rows_one, rows_two = json.loads(single.stdout), json.loads(launched.stdout)
+    rows_one, rows_two = json.loads(single.stdout)["rows"], json.loads(launched.stdout)["rows"]
     assert [{k: r[k] for k in keys} for r in rows_two] == [{k: r[k] for k in keys} for r in rows_one]
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
+    kept = ["cells", "run.json", "run.lock", "sweep.csv", "sweep.json", "sweep.png"]  # mambatr.runs
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == kept
 
 
 def test_skipped_images_of_every_rank_are_reported(image_folder_with_bad_files):

@@ -150,7 +150,7 @@ def _checkpoint(tmp_path) -> str:
 def test_probe_command_json_and_table(tmp_path, capsys):
     root = write_fashion_mnist(tmp_path / "data", train=10, test=20)
     argv = ["probe", "--model", "vim_custom", "--checkpoint", _checkpoint(tmp_path), "--data", str(root)]
-    main([*argv, "--json", "--seeds", "2", "--threads", "1"])
+    main([*argv, "--json", "--seeds", "2", "--threads", "1", "--out", str(tmp_path / "a")])
     result = json.loads(capsys.readouterr().out)
     assert {"model", "dense_top1", "images", "rows"} <= set(result) and result["images"] == 20
     assert [(r["after"], r["remove"], r["order"]) for r in result["rows"]] == [
@@ -159,7 +159,8 @@ def test_probe_command_json_and_table(tmp_path, capsys):
     assert all(
         0 <= r["top1"] <= 100 and r["seeds"] == (2 if r["order"] == "random" else 1) for r in result["rows"]
     )
-    main([*argv, "--after", "0", "--remove", "4", "--limit", "10", "--threads", "1"])
+    out = ["--out", str(tmp_path / "b")]
+    main([*argv, "--after", "0", "--remove", "4", "--limit", "10", "--threads", "1", *out])
     table = capsys.readouterr().out
     assert "| dense" in table and "| background" in table and "10 test images" in table
 
@@ -168,6 +169,7 @@ def test_probe_on_the_val_split(tmp_path, capsys):
     """Testbed decisions are made on val: --split val probes its first --limit images."""
     root = write_fashion_mnist(tmp_path / "data", train=5004, test=4)
     argv = ["probe", "--model", "vim_custom", "--checkpoint", _checkpoint(tmp_path), "--data", str(root)]
+    argv += ["--out", str(tmp_path / "out")]  # the second run continues the first (the same arguments)
     main([*argv, "--split", "val", "--limit", "6", "--after", "0", "--remove", "2", "--seeds", "1", "--json"])
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "val" and result["images"] == 6

@@ -13,7 +13,7 @@ from PIL import Image
 import mambatr
 from mambatr.cli import main
 from mambatr.outputs import atomic_path
-from mambatr.sweep import run_sweep, write_outputs, x_range
+from mambatr.sweep import read_rows, run_sweep, write_outputs, x_range
 from mambatr.visualize import (
     PANEL_SCALE,
     PRUNED_COLOR,
@@ -177,7 +177,7 @@ def test_sweep_rows_and_files(checkpoint, tmp_path):
     assert all(abs(r["flops_reduction"] - r["target"]) <= 0.005 for r in rows[1:])
     paths = write_outputs(rows, tmp_path, "test")
     assert [p.name for p in paths] == ["sweep.csv", "sweep.json", "sweep.png"]
-    assert len(json.loads(paths[1].read_text())) == 5 and len(paths[0].read_text().splitlines()) == 6
+    assert len(read_rows(paths[1])) == 5 and len(paths[0].read_text().splitlines()) == 6
     assert model.reduction is None  # the sweep leaves the model dense
 
 
@@ -278,7 +278,7 @@ def test_sweep_with_calibrated_schedules_then_from_their_folder(checkpoint, tmp_
             checkpoint, tmp_path / "a", *grid, "--schedule", "calibrated", "--calibration-images", "8"
         )
     )
-    calibrated = json.loads(capsys.readouterr().out)
+    calibrated = json.loads(capsys.readouterr().out)["rows"]
     saved = sorted(p.name for p in (tmp_path / "a" / "schedules").iterdir())
     assert saved == ["vim_custom_hsa_30.json", "vim_custom_mtr_30.json"]
     schedule = mambatr.Schedule.load(tmp_path / "a" / "schedules" / "vim_custom_mtr_30.json")
@@ -286,7 +286,7 @@ def test_sweep_with_calibrated_schedules_then_from_their_folder(checkpoint, tmp_
     assert [r["schedule"] for r in calibrated] == ["", *["calibrated on fashion_mnist val[:8]"] * 2]
     assert calibrated[1]["removals"] == {str(k): v for k, v in schedule.removals.items()}
     main(_sweep_argv(checkpoint, tmp_path / "b", *grid, "--schedule", str(tmp_path / "a" / "schedules")))
-    from_folder = json.loads(capsys.readouterr().out)
+    from_folder = json.loads(capsys.readouterr().out)["rows"]
     keys = ("method", "removals", "top1", "flops_reduction")
     assert [[r[k] for k in keys] for r in from_folder] == [[r[k] for k in keys] for r in calibrated]
     main(_sweep_argv(checkpoint, tmp_path / "c", "--methods", "mtr", "--reductions", "0.3", "--limit", "16"))
@@ -322,9 +322,10 @@ def test_sweep_schedule_mistakes_fail_before_any_evaluation(
 def test_sweep_progress_covers_the_baseline_and_json_stays_clean(checkpoint, tmp_path, capsys):
     main(_sweep_argv(checkpoint, tmp_path / "out", "--methods", "mtr", "--reductions", "0.3", "--json"))
     captured = capsys.readouterr()
-    assert [row["method"] for row in json.loads(captured.out)] == ["baseline", "mtr"]
+    assert [row["method"] for row in json.loads(captured.out)["rows"]] == ["baseline", "mtr"]
     assert "sweep:" in captured.err and "baseline" in captured.err and "images:" in captured.err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sweep.csv", "sweep.json", "sweep.png"]
+    kept = ["cells", "run.json", "run.lock", "sweep.csv", "sweep.json", "sweep.png"]  # mambatr.runs
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == kept
 
 
 @pytest.mark.parametrize("command", ["sweep", "viz"])

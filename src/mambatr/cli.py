@@ -6,8 +6,11 @@ import argparse
 import importlib.metadata
 import itertools
 import json
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,10 +41,12 @@ from mambatr.distributed import all_gather_list
 from mambatr.evaluate import evaluate, evaluate_tensors
 from mambatr.flops import CONVENTIONS, count_flops
 from mambatr.models import create_model, model_entry
-from mambatr.outputs import check_writable_dir, check_writable_file
+from mambatr.outputs import check_writable_dir, check_writable_file, write_text_atomic
 from mambatr.probe import parse_ints, probe_table, run_probe
+from mambatr.provenance import command_line, provenance, sha256_of
 from mambatr.reduction import METHODS, ReductionReport, calibrate
 from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION, SHIPPED_SCHEDULES
+from mambatr.runs import RunFolder
 from mambatr.sweep import (
     TABLE_HEADERS,
     ScheduleFor,
@@ -50,6 +55,7 @@ from mambatr.sweep import (
     reduced_row,
     run_sweep,
     schedules_in,
+    sweep_document,
     table_rows,
     write_outputs,
 )
@@ -65,6 +71,7 @@ DISTRIBUTED_COMMANDS = ("eval", "sweep")
 # Bad input from the user: the API's errors for it are ValueErrors (CheckpointError, DatasetError, an
 # unknown model, ...) or a FileNotFoundError. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError)
+OVERWRITE_HELP = "start again in an --out that holds another run (its kept cells are removed)"
 # Recipe fields set by a flag of their name: the training schedule, then the official Vim / DeiT options
 # (off by default) with their metavar and help (hustvl/Vim main.py values in brackets)
 SCHEDULE_FIELDS = {"epochs": positive_int, "lr": float, "warmup_epochs": float, "weight_decay": float}
@@ -112,6 +119,48 @@ def _reduction_summary(method: str, report: ReductionReport) -> dict:
     )
 
 
+def _provenance(args: argparse.Namespace, which: ModelArgs, inputs: DataArgs) -> dict:
+    """What a command's result file records of its run (mambatr.provenance): model, weights and their
+    sha256, data, split, limit and the command line."""
+    return provenance(
+        which.model,
+        which.checkpoint,
+        data=inputs.data,
+        split=inputs.split,
+        limit=inputs.limit,
+        command=command_line(getattr(args, "argv", sys.argv[1:])),
+    )
+
+
+def _run_args(record: dict, inputs: DataArgs, run: RuntimeArgs) -> dict:
+    """What a resumable run's results depend on besides its own flags, keyed as the user knows it: a
+    rerun into the same --out with other values is refused, naming the first that differs."""
+    return {
+        "--model": record["model"],
+        "--checkpoint": record["weights"] if record["checkpoint"] is not None else None,
+        "the weights' sha256": record["weights_sha256"],
+        "--data": record["data"],
+        "--split": inputs.split,
+        "--limit": inputs.limit,
+        "--batch-size": inputs.batch_size,
+        "--views": inputs.views,
+        "--annotation": inputs.annotation,
+        "--device": run.device,
+    }
+
+
+@contextmanager
+def _kept_on_interrupt(folder: RunFolder) -> Iterator[None]:
+    """On Ctrl-C, say how much of the run is kept and how to continue it (then exit as interrupted)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"interrupted: {folder.saved()} finished cell(s) kept in {folder.path}; "
+            "run the same command again to continue"
+        ) from None
+
+
 def cmd_flops(args: argparse.Namespace) -> None:
     with torch.device("meta"):  # shapes only: no memory, no weights
         model = create_model(args.model)
@@ -135,15 +184,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     run.start()
     model = _load_model(which).to(run.context.device(run.device))
     summary = {
-        "model": which.model,
-        "checkpoint": which.checkpoint,
-        "split": inputs.split,
+        **_provenance(args, which, inputs),
         "processes": run.context.world_size,
         "gflops_dense": count_flops(model.config).gflops,
     }
     if reduction.method is not None:
         report = reduction.apply(model)
         summary.update(_reduction_summary(reduction.method, report), gflops=report.gflops)
+        summary["schedule"] = reduction.schedule
     else:
         summary["gflops"] = summary["gflops_dense"]
     skipped: list[str] | None = [] if args.skip_bad_images else None
@@ -185,7 +233,17 @@ def cmd_train(args: argparse.Namespace) -> None:
             init_from=args.init_from,
             **{name: getattr(args, name) for name in (*SCHEDULE_FIELDS, *RECIPE_OPTIONS)},
         )
-    with flag_names(("init_from",)):
+    fields = (
+        "init_from",
+        "batch_size",
+        "seed",
+        "threads",
+        "device",
+        "limit",
+        *SCHEDULE_FIELDS,
+        *RECIPE_OPTIONS,
+    )
+    with flag_names(fields):
         result = train(
             recipe,
             Path(args.out),
@@ -193,9 +251,17 @@ def cmd_train(args: argparse.Namespace) -> None:
             resume=args.resume,
             limit=args.limit,
             max_steps=args.max_steps,
+            overwrite=args.overwrite,
         )
     if not result["finished"]:
-        print(f"stopped after step {result['step']} (--max-steps); continue with --resume", file=sys.stderr)
+        why = result.get("interrupted") or "--max-steps"
+        print(
+            f"stopped after step {result['step']} ({why}): checkpoint {Path(args.out) / 'last.pth'}; "
+            "continue with the same command and --resume",
+            file=sys.stderr,
+        )
+        if result.get("interrupted"):
+            sys.exit(128 + signal.Signals[result["interrupted"]].value)  # 130 for SIGINT, 143 for SIGTERM
         return
     last = result["history"][-1]
     print(
@@ -266,8 +332,10 @@ def _sweep_schedules(
     model: torch.nn.Module,
     grid: tuple[list[str], list[float]],
     out: Path,
+    folder: RunFolder | None = None,
 ) -> ScheduleFor | None:
-    """sweep --schedule: None for the default schedules, else where each pair's schedule comes from."""
+    """sweep --schedule: None for the default schedules, else where each pair's schedule comes from
+    (calibrated ones kept in ``folder``, so a resumed sweep reuses those its interrupted run found)."""
     if schedule == "default":
         return None
     if schedule != "calibrated":
@@ -289,6 +357,7 @@ def _sweep_schedules(
         source=source,
         out_dir=out / "schedules" if run.context.is_main else None,
         progress=run.context.is_main,
+        run=folder,
     )
 
 
@@ -321,31 +390,53 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     which, inputs, run = typed(args)
     methods, reductions = _sweep_grid(args.methods, args.reductions)
     check_writable_dir(args.out, "--out")
+    out = Path(args.out)
     run.start()
     model = _load_model(which).to(run.context.device(run.device))
+    record = _provenance(args, which, inputs)
+    flags = {"--methods": methods, "--reductions": reductions, "--schedule": args.schedule}
+    if args.schedule == "calibrated":
+        flags["--calibration-images"] = args.calibration_images
+    elif args.schedule != "default" and Path(args.schedule).is_dir():
+        flags["--schedule (files' sha256)"] = {
+            p.name: sha256_of(p) for p in sorted(Path(args.schedule).glob("*.json"))
+        }
+    identity = {**_run_args(record, inputs, run), **flags}
 
     def evaluate_model(m: torch.nn.Module) -> dict:
         batches, total = eval_batches(which.model, inputs, m, run.context)
         return evaluate(evaluable(which.model, m), batches, total=total, desc="images", context=run.context)
 
-    schedule_for = _sweep_schedules(
-        args.schedule,
-        args.calibration_images,
-        which,
-        inputs,
-        run,
-        model,
-        (methods, reductions),
-        Path(args.out),
-    )
-    rows = run_sweep(
-        model, evaluate_model, methods, reductions, progress=run.context.is_main, schedule_for=schedule_for
-    )
-    if not run.context.is_main:
+    main_rank = run.context.is_main
+    with RunFolder(
+        out, "sweep", identity, overwrite=args.overwrite, provenance=record, writer=main_rank
+    ) as folder:
+        schedules = _sweep_schedules(
+            args.schedule,
+            args.calibration_images,
+            which,
+            inputs,
+            run,
+            model,
+            (methods, reductions),
+            out,
+            folder,
+        )
+        with _kept_on_interrupt(folder):
+            rows = run_sweep(
+                model,
+                evaluate_model,
+                methods,
+                reductions,
+                progress=main_rank,
+                schedule_for=schedules,
+                run=folder,
+            )
+    if not main_rank:
         return
-    paths = write_outputs(rows, Path(args.out), f"{which.model}: training-free token reduction")
+    paths = write_outputs(rows, out, f"{which.model}: training-free token reduction", record)
     if run.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(sweep_document(rows, record), indent=2))
     else:
         print(markdown_table(TABLE_HEADERS, table_rows(rows)))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
@@ -478,18 +569,35 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if dataset not in TESTBEDS:
         raise ValueError(f"probe runs on the Fashion-MNIST testbeds; {which.model} evaluates on {dataset}")
     after, remove = parse_ints(args.after, "--after"), parse_ints(args.remove, "--remove")
+    check_writable_dir(args.out, "--out")
     run.start()
     model = _load_model(which).to(run.device)
     images, labels = TESTBEDS[dataset].load(inputs.split, inputs.data)
     images, labels = images[: inputs.limit], labels[: inputs.limit]
-    result = run_probe(
-        model, images, labels, TESTBEDS[dataset].to_input, after, remove, args.seeds, inputs.batch_size
-    )
-    result = {"split": inputs.split, **result}
+    record = _provenance(args, which, inputs)
+    flags = {"--after": after, "--remove": remove, "--seeds": args.seeds}
+    identity = {**_run_args(record, inputs, run), **flags}
+    with RunFolder(args.out, "probe", identity, overwrite=args.overwrite, provenance=record) as folder:
+        with _kept_on_interrupt(folder):
+            result = run_probe(
+                model,
+                images,
+                labels,
+                TESTBEDS[dataset].to_input,
+                after,
+                remove,
+                args.seeds,
+                inputs.batch_size,
+                run=folder,
+            )
+    result = {**record, "seeds": args.seeds, **result}
+    path = Path(args.out) / "probe.json"
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
     if run.json:
-        print(json.dumps({"model": which.model, **result}, indent=2))
+        print(json.dumps(result, indent=2))
     else:
         print(probe_table(which.model, result))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -539,7 +647,12 @@ def _add_train_args(training: argparse.ArgumentParser) -> None:
         training.add_argument(flag(name), type=kind, default=getattr(Recipe, name))
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--no-augment", action="store_true", help="no random shift / flip")
-    training.add_argument("--resume", action="store_true", help="continue from OUT/last.pth")
+    training.add_argument(
+        "--resume", action="store_true", help="continue from OUT/last.pth (the same recipe and --limit)"
+    )
+    training.add_argument(
+        "--overwrite", action="store_true", help="start again in an --out that holds a training run"
+    )
     training.add_argument(
         "--max-steps", type=positive_int, help="stop (and save) after N steps in this run; resume later"
     )
@@ -573,6 +686,13 @@ def _add_probe_args(probe: argparse.ArgumentParser) -> None:
         "tokens: 5,10 of 49, 20,39 of 196)",
     )
     probe.add_argument("--seeds", type=positive_int, default=3, help="random orders averaged per row")
+    probe.add_argument(
+        "--out",
+        default="runs/probe",
+        help="directory for probe.json; each finished evaluation is kept there as it completes, and the "
+        "same command run again continues an interrupted probe",
+    )
+    probe.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def _add_calibrate_args(calibration: argparse.ArgumentParser) -> None:
@@ -647,7 +767,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_args(sweep, device="cpu or cuda (under torchrun: each rank's GPU)")
     sweep.add_argument("--methods", default="mtr,hsa,stm", help="comma-separated methods")
     sweep.add_argument("--reductions", default="0.2,0.3,0.4", help="comma-separated FLOPs targets")
-    sweep.add_argument("--out", default="runs/sweep", help="directory for sweep.csv / .json / .png")
+    sweep.add_argument(
+        "--out",
+        default="runs/sweep",
+        help="directory for sweep.csv / .json / .png; each finished row is kept there as it completes, "
+        "and the same command run again continues an interrupted sweep",
+    )
+    sweep.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     sweep.add_argument(
         "--schedule",
         default="default",
@@ -714,6 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line result files record
     args.context = distributed.SINGLE
     try:
         if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:

@@ -32,6 +32,7 @@ from mambatr.reduction.api import Reduction
 from mambatr.reduction.base import ReductionMethod
 from mambatr.reduction.plan import make_plan
 from mambatr.reduction.schedule import check_layers
+from mambatr.runs import RunFolder
 from mambatr.table import markdown_table
 from mambatr.tokens import TokenState
 
@@ -179,10 +180,12 @@ def run_probe(
     seeds: int = 3,
     batch_size: int = 256,
     progress: bool = True,
+    run: RunFolder | None = None,
 ) -> dict:
     """Dense top-1, then one row per (after, remove, order): ``random`` averaged over ``seeds`` seeds
     (mean and sample std), ``background`` deterministic. ``after`` / ``remove`` default to the model's
-    depth and patch count (``default_after``, ``default_remove``)."""
+    depth and patch count (``default_after``, ``default_remove``). With ``run``, each evaluation's
+    top-1 is kept in the run folder as it finishes, and those found there are not evaluated again."""
     if not isinstance(model, ReducibleBackbone):
         raise TypeError(f"the probe needs a mambatr backbone, got {type(model).__name__}")
     config = model.config
@@ -196,9 +199,15 @@ def run_probe(
     bar = tqdm(total=runs * len(samples), desc="probe", unit="img", disable=not progress, leave=False)
 
     def top1(order: str, seed: int = 0) -> float:
+        key = cell_key(model.reduction, order, seed)
+        kept = run.done(key) if run is not None else None
+        if kept is not None:
+            bar.update(len(samples))
+            return kept
         batches = tensor_batches(samples, labels, batch_size, to_input=lambda x: x)
         pruned = PrunedModel(model, method, to_input, order, seed)
-        return evaluate(pruned, _counted(batches, bar), progress=False)["top1"]
+        result = evaluate(pruned, _counted(batches, bar), progress=False)["top1"]
+        return run.save(key, result) if run is not None else result
 
     previous = model.reduction
     try:
@@ -219,6 +228,15 @@ def run_probe(
         model.reduction = previous
         bar.close()
     return {"dense_top1": dense, "images": len(samples), "patch_tokens": num_patches, "rows": rows}
+
+
+def cell_key(reduction: Reduction | None, order: str, seed: int) -> str:
+    """An evaluation's cell key in a run folder: ``dense``, ``after2_remove5_random_seed1``, ..."""
+    if reduction is None:
+        return "dense"
+    ((block, count),) = reduction.removals.items()
+    what = f"after{block}_remove{count}_{order}"
+    return f"{what}_seed{seed}" if order == "random" else what
 
 
 def probe_table(model_name: str, result: dict) -> str:

@@ -13,7 +13,9 @@ from tqdm import tqdm
 
 from mambatr.flops import count_flops
 from mambatr.outputs import atomic_path, write_text_atomic
+from mambatr.provenance import sha256_of
 from mambatr.reduction import Schedule, apply, calibrate, remove
+from mambatr.runs import RunFolder
 
 Evaluate = Callable[[torch.nn.Module], dict]
 ScheduleFor = Callable[[str, float], Schedule]  # (method, FLOPs target) -> the schedule to apply
@@ -28,6 +30,9 @@ COLUMNS = [
     "drop",
     "images_per_s",
 ]
+# the run's provenance (mambatr.provenance), repeated on every CSV row so each row says where it is from
+PROVENANCE_COLUMNS = ["model", "weights", "weights_sha256", "dataset", "data", "split", "limit", "command"]
+SWEEP_FORMAT = "mambatr-sweep/1"
 
 
 def run_sweep(
@@ -38,6 +43,7 @@ def run_sweep(
     options: dict[str, dict] | None = None,
     progress: bool = True,
     schedule_for: ScheduleFor | None = None,
+    run: RunFolder | None = None,
 ) -> list[dict]:
     """Baseline row, then one row per (method, target); ``evaluate(model)`` returns top1 and images/s.
 
@@ -45,38 +51,59 @@ def run_sweep(
     ``schedule_for``, with the schedule it returns (e.g. :func:`calibrating` or :func:`schedules_in`).
     Every pair is solved before the first evaluation, so an unknown method or an unreachable target
     fails at once rather than after the work before it; the progress bar counts the baseline too.
-    The model is dense again afterwards, also when an evaluation fails.
+    With ``run``, each row is kept in the run folder as it is finished and rows found there (an
+    interrupted run's) are not computed again. Rows are as JSON reads them back (``removals`` keyed by
+    strings). The model is dense again afterwards, also when an evaluation fails.
     """
     pairs = [(method, target) for method in methods for target in reductions]
     for method, target in pairs:
         apply(model, method, target, **(options or {}).get(method, {}))
         remove(model)
+    done = run.done if run is not None else lambda key: None
+    keep = run.save if run is not None else lambda key, row: json.loads(json.dumps(row))
     bar = tqdm(total=1 + len(pairs), desc="sweep", unit="run", disable=not progress)
     with bar:  # each reduced row leaves the model dense, also on error (reduced_row)
         bar.set_postfix_str("baseline")
-        dense = evaluate(model)
+        baseline = done(BASELINE)
+        if baseline is None:
+            dense = evaluate(model)
+            baseline = keep(
+                BASELINE,
+                {
+                    "method": "baseline",
+                    "target": 0.0,
+                    "schedule": "",
+                    "flops_reduction": 0.0,
+                    "token_reduction": 0.0,
+                    "gflops": count_flops(model.config).gflops,
+                    "top1": dense["top1"],
+                    "drop": 0.0,
+                    "images_per_s": dense["images_per_s"],
+                    "removals": {},
+                    "options": {},
+                },
+            )
         bar.update()
-        rows = [
-            {
-                "method": "baseline",
-                "target": 0.0,
-                "schedule": "",
-                "flops_reduction": 0.0,
-                "token_reduction": 0.0,
-                "gflops": count_flops(model.config).gflops,
-                "top1": dense["top1"],
-                "drop": 0.0,
-                "images_per_s": dense["images_per_s"],
-                "removals": {},
-            }
-        ]
+        rows = [baseline]
         for method, target in pairs:
             bar.set_postfix_str(f"{method} {target:.0%}")
-            schedule = schedule_for(method, target) if schedule_for is not None else None
-            options_here = (options or {}).get(method, {}) if schedule is None else {}
-            rows.append(reduced_row(model, evaluate, method, target, dense, schedule, **options_here))
+            row = done(cell_key(method, target))
+            if row is None:
+                schedule = schedule_for(method, target) if schedule_for is not None else None
+                options_here = (options or {}).get(method, {}) if schedule is None else {}
+                row = reduced_row(model, evaluate, method, target, baseline, schedule, **options_here)
+                row = keep(cell_key(method, target), row)
+            rows.append(row)
             bar.update()
     return rows
+
+
+BASELINE = "baseline"  # the dense row's cell key
+
+
+def cell_key(method: str, target: float) -> str:
+    """A (method, target) row's cell key in a run folder, e.g. ``mtr_0.3`` (the target exactly)."""
+    return f"{method}_{target!r}"
 
 
 def reduced_row(
@@ -107,6 +134,7 @@ def reduced_row(
         "drop": dense["top1"] - result["top1"],
         "images_per_s": result["images_per_s"],
         "removals": report.removals,
+        "options": report.options,
     }
 
 
@@ -124,17 +152,29 @@ def calibrating(
     source: str,
     out_dir: Path | None = None,
     progress: bool = True,
+    run: RunFolder | None = None,
 ) -> ScheduleFor:
     """Schedules found by :func:`mambatr.calibrate` on ``images`` (never the evaluation images) when the
-    sweep reaches each pair, each saved as ``out_dir/<model>_<method>_<target %>.json``."""
+    sweep reaches each pair, each saved as ``out_dir/<model>_<method>_<target %>.json``.
+
+    With ``run`` (and ``out_dir``), each saved schedule's file and sha256 are kept as a cell: a resumed
+    sweep applies the schedules its interrupted run found, rather than calibrating them again; a file
+    that changed since is calibrated again."""
 
     def schedule_for(method: str, target: float) -> Schedule:
+        key = f"schedule_{cell_key(method, target)}"
+        path = out_dir / schedule_file_name(model_name, method, target) if out_dir is not None else None
+        found = run.done(key) if run is not None else None
+        if found is not None and path is not None and path.is_file() and sha256_of(path) == found:
+            return Schedule.load(path)
         schedule = calibrate(
             model, method, target, images, model_name=model_name, source=source, progress=progress
         )
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            schedule.save(out_dir / schedule_file_name(model_name, method, target))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            schedule.save(path)
+            if run is not None:
+                run.save(key, sha256_of(path))
         return schedule
 
     return schedule_for
@@ -216,20 +256,25 @@ def table_rows(rows: Iterable[dict]) -> list[list[object]]:
 TABLE_HEADERS = ["method", "target", "FLOPs red. %", "token red. %", "GFLOPs", "top-1 %", "drop", "images/s"]
 
 
-def write_outputs(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
-    """sweep.csv, sweep.json and sweep.png (top-1 vs achieved FLOPs reduction) in ``out_dir``."""
+def write_outputs(rows: list[dict], out_dir: Path, title: str, provenance: dict | None = None) -> list[Path]:
+    """sweep.csv, sweep.json and sweep.png (top-1 vs achieved FLOPs reduction) in ``out_dir``.
+
+    sweep.json is :func:`sweep_document` (``provenance`` and the rows); sweep.csv has the rows'
+    columns and then the provenance's on every row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    provenance = provenance or {}
     paths = [out_dir / "sweep.csv", out_dir / "sweep.json", out_dir / "sweep.png"]
     with atomic_path(paths[0]) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS + PROVENANCE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
-    write_text_atomic(paths[1], json.dumps(rows, indent=2) + "\n")
+        extra = {key: provenance.get(key) for key in PROVENANCE_COLUMNS}
+        writer.writerows({**extra, **row} for row in rows)
+    write_text_atomic(paths[1], json.dumps(sweep_document(rows, provenance), indent=2) + "\n")
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
     baseline = rows[0]["top1"]
     axis.axhline(baseline, color="gray", linestyle="--", label=f"dense ({baseline:.2f} %)")
@@ -247,6 +292,17 @@ def write_outputs(rows: list[dict], out_dir: Path, title: str) -> list[Path]:
         figure.savefig(temporary, dpi=120)
     plt.close(figure)
     return paths
+
+
+def sweep_document(rows: list[dict], provenance: dict | None = None) -> dict:
+    """What sweep.json and ``sweep --json`` hold: the format, the provenance keys, then the rows."""
+    return {"format": SWEEP_FORMAT, **(provenance or {}), "rows": rows}
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a sweep.json: this format, or the bare list of rows written before it."""
+    document = json.loads(Path(path).read_text())
+    return document if isinstance(document, list) else document["rows"]
 
 
 def x_range(reductions: Sequence[float], min_span: float = 10.0) -> tuple[float, float]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +34,7 @@ from mambatr.evaluate import evaluate_tensors
 from mambatr.models import create_model, model_entry
 from mambatr.models.checkpoint import load_into, pi_resize_patch_embed, read_state_dict
 from mambatr.outputs import atomic_path, check_writable_dir, write_text_atomic
+from mambatr.runs import folder_lock
 
 
 @dataclass
@@ -158,18 +162,29 @@ def train(
     limit: int | None = None,
     save_every: int = 200,
     max_steps: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Run (or resume) training; writes ``last.pth`` checkpoints and the final safetensors + JSON.
 
     ``max_steps`` stops this invocation after that many optimizer steps (a checkpoint is saved), as a
-    time-boxed job would; ``resume=True`` continues exactly where the checkpoint left off. ``out_dir``
+    time-boxed job would; so does SIGINT (Ctrl-C) or SIGTERM, after the step in progress (the result
+    then has ``interrupted``: the signal's name). ``resume=True`` continues exactly where the
+    checkpoint left off, and refuses a recipe or ``limit`` other than the checkpoint's, naming the
+    field; without it, an ``out_dir`` that holds a run is refused unless ``overwrite``. ``out_dir``
     is checked first and created only when training starts, so a run refused early leaves nothing;
-    every file is written whole or not at all.
+    it is locked while training (two runs never write one folder) and every file is written whole
+    or not at all.
     """
     check_writable_dir(out_dir, "out_dir")
     checkpoint_path = out_dir / "last.pth"
     if resume and not checkpoint_path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}")
+    existing = [p.name for p in (checkpoint_path, out_dir / f"{recipe.model}.safetensors") if p.exists()]
+    if existing and not resume and not overwrite:
+        raise ValueError(
+            f"--out {out_dir} holds a training run ({', '.join(existing)}): --resume to continue it, "
+            "or --overwrite to start again"
+        )
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     device = torch.device(recipe.device)
@@ -196,8 +211,7 @@ def train(
     step, history = 0, []
     if resume:
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if stored_recipe(state["recipe"]) != asdict(recipe):
-            raise ValueError(f"--resume: recipe differs from the checkpoint's {state['recipe']}")
+        check_same_run(state, recipe, limit)
         model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
@@ -209,70 +223,119 @@ def train(
             "step": step,
             "history": history,
             "recipe": asdict(recipe),
+            "limit": limit,
         }
         with atomic_path(checkpoint_path) as temporary:
             torch.save(state, temporary)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     stop_at = total_steps if max_steps is None else min(total_steps, step + max_steps)
     model.train()
-    while step < stop_at:
-        epoch, offset = divmod(step, steps_per_epoch)
-        # the epoch's order and augmentation depend only on (seed, epoch): resuming mid-epoch is exact
-        generator = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
-        order = torch.randperm(len(images), generator=generator)
-        last_batch = min(steps_per_epoch, offset + stop_at - step)
-        bar = tqdm(range(offset, last_batch), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False)
-        seen = correct = loss_sum = 0
-        for batch_index in bar:
-            index = order[batch_index * recipe.batch_size : (batch_index + 1) * recipe.batch_size]
-            inputs, target, soft_target = augmented_batch(
-                recipe, data, images[index], labels[index], step, model.config.num_classes
-            )
-            target = target.to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, recipe)
-            if recipe.drop_path:  # drop path draws from the global RNG: a per-step seed keeps --resume exact
-                torch.manual_seed(recipe.seed * 7919 + step)
-            logits = model(inputs.to(device))
-            if soft_target is None:
-                loss = F.cross_entropy(logits, target, label_smoothing=recipe.label_smoothing)
-            else:
-                loss = soft_target_cross_entropy(logits, soft_target.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            step += 1
-            seen += len(target)
-            correct += (logits.argmax(-1) == target).sum().item()
-            loss_sum += loss.item() * len(target)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-            if step % save_every == 0:
+    with folder_lock(out_dir), StopOnSignal() as stop:
+        while step < stop_at:
+            epoch, offset = divmod(step, steps_per_epoch)
+            # the epoch's order and augmentation depend only on (seed, epoch): resuming mid-epoch is exact
+            generator = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)
+            order = torch.randperm(len(images), generator=generator)
+            last_batch = min(steps_per_epoch, offset + stop_at - step)
+            bar = tqdm(range(offset, last_batch), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False)
+            seen = correct = loss_sum = 0
+            for batch_index in bar:
+                index = order[batch_index * recipe.batch_size : (batch_index + 1) * recipe.batch_size]
+                inputs, target, soft_target = augmented_batch(
+                    recipe, data, images[index], labels[index], step, model.config.num_classes
+                )
+                target = target.to(device)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, total_steps, warmup, recipe)
+                if (
+                    recipe.drop_path
+                ):  # drop path draws from the global RNG: a per-step seed keeps --resume exact
+                    torch.manual_seed(recipe.seed * 7919 + step)
+                logits = model(inputs.to(device))
+                if soft_target is None:
+                    loss = F.cross_entropy(logits, target, label_smoothing=recipe.label_smoothing)
+                else:
+                    loss = soft_target_cross_entropy(logits, soft_target.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                optimizer.step()
+                step += 1
+                seen += len(target)
+                correct += (logits.argmax(-1) == target).sum().item()
+                loss_sum += loss.item() * len(target)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+                if step % save_every == 0:
+                    save()
+                if stop.signal is not None and step % steps_per_epoch:
+                    break  # a signal mid-epoch: save below; at the epoch's last step, validate first
+            if step % steps_per_epoch:  # stopped mid-epoch (max_steps or a signal): save and leave
                 save()
-        if last_batch < steps_per_epoch:  # stopped mid-epoch (max_steps): save and leave
+                return {"finished": False, "step": step, "history": history, "interrupted": stop.signal}
+            val = evaluate_tensors(  # evaluates in eval mode and puts the model back in train mode
+                model, val_images, val_labels, batch_size=256, to_input=data.to_input, desc=f"val {epoch + 1}"
+            )
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": loss_sum / max(seen, 1),
+                    "train_top1": correct / max(seen, 1),
+                    "val_top1": val["top1"],
+                    "val_loss": val["loss"],
+                    "elapsed_s": time.perf_counter() - start,
+                }
+            )
+            tqdm.write(json.dumps(history[-1]))
             save()
-            return {"finished": False, "step": step, "history": history}
-        val = evaluate_tensors(  # evaluates in eval mode and puts the model back in train mode
-            model, val_images, val_labels, batch_size=256, to_input=data.to_input, desc=f"val {epoch + 1}"
+            if stop.signal is not None:
+                break
+        if step < total_steps:  # stopped at an epoch boundary by max_steps or a signal
+            return {"finished": False, "step": step, "history": history, "interrupted": stop.signal}
+        model.eval()
+        return {"finished": True, "step": step, **export(model.cpu(), recipe, history, out_dir)}
+
+
+class StopOnSignal:
+    """Inside the block, SIGINT (Ctrl-C) and SIGTERM only ask training to stop: ``signal`` becomes the
+    signal's name and the loop saves a checkpoint after the step in progress. A second signal stops at
+    once (KeyboardInterrupt), keeping only the last saved checkpoint. Outside the main thread, where
+    Python cannot catch signals, nothing changes."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, number: int, frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(number).name} again: stopped without saving")
+        self.signal = signal.Signals(number).name
+        tqdm.write(
+            f"{self.signal}: saving a checkpoint after this step (again to stop at once)", file=sys.stderr
         )
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / max(seen, 1),
-                "train_top1": correct / max(seen, 1),
-                "val_top1": val["top1"],
-                "val_loss": val["loss"],
-                "elapsed_s": time.perf_counter() - start,
-            }
-        )
-        tqdm.write(json.dumps(history[-1]))
-        save()
-    if step < total_steps:  # stopped at an epoch boundary by max_steps
-        return {"finished": False, "step": step, "history": history}
-    model.eval()
-    return {"finished": True, "step": step, **export(model.cpu(), recipe, history, out_dir)}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def check_same_run(state: dict, recipe: Recipe, limit: int | None) -> None:
+    """Refuse to resume a checkpoint with another recipe or ``limit``, naming the first field that
+    differs (a longer or shorter run under the same name would not be the run it says it is)."""
+    stored = {**stored_recipe(state["recipe"]), "limit": state.get("limit", limit)}
+    for name, value in {**asdict(recipe), "limit": limit}.items():
+        if stored.get(name) != value:
+            raise ValueError(
+                f"--resume: the recipe differs from the checkpoint's: {name}={stored.get(name)!r} there, "
+                f"{value!r} here; resume with the same options, or --overwrite to start again"
+            )
 
 
 def export(model: torch.nn.Module, recipe: Recipe, history: list[dict], out_dir: Path) -> dict:

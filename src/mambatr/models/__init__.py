@@ -45,6 +45,8 @@ def exported_config(checkpoint: str | Path, name: str) -> dict:
 
     It replaces the named model's architecture, so an export of another model is refused, naming both:
     ``vim_tiny`` with a ``vim_fmnist`` export would otherwise build, and be reported as, the wrong model.
+    So is one of the same architecture under another name (``vim_fmnist_deit`` weights as ``vim_fmnist``):
+    its results would be reported under the wrong name.
     """
     checkpoint = Path(checkpoint)
     sidecar = checkpoint.with_suffix(".json")
@@ -74,6 +76,10 @@ def exported_config(checkpoint: str | Path, name: str) -> dict:
                 f"{checkpoint} holds a {exported} (per {sidecar.name}), not a {name}: "
                 f"{', '.join(differing)}; pass --model {exported}"
             )
+        # the same architecture, another model's weights: results would be reported under the wrong name
+        raise CheckpointError(
+            f"{checkpoint} holds a {exported} (per {sidecar.name}), not a {name}: pass --model {exported}"
+        )
     return config
 
 
