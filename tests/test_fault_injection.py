@@ -37,8 +37,11 @@ TIMING = ("images_per_s",)  # measured again by each run: the only values a resu
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
+    return tiny_inputs(tmp_path_factory.mktemp("inputs"))
+
+
+def tiny_inputs(folder: Path) -> tuple[Path, Path]:
     """(data folder, checkpoint) of a random tiny vim_custom saved as a `mambatr train` export."""
-    folder = tmp_path_factory.mktemp("inputs")
     root = write_fashion_mnist(folder / "data", train=5_040, test=16)
     torch.manual_seed(0)
     weights = folder / "tiny.safetensors"
