@@ -36,6 +36,7 @@ from mambatr.cli_args import (
     typed,
 )
 from mambatr.cli_inputs import calibration_images, eval_batches, evaluable, viz_image
+from mambatr.cli_reproduce import add_reproduce_command
 from mambatr.data.tasks import TESTBEDS
 from mambatr.distributed import all_gather_list
 from mambatr.evaluate import evaluate, evaluate_tensors
@@ -835,6 +836,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(demo, limit=f"test images to use (default {DEMO_LIMIT:,})")
     add_runtime_args(demo, device=None)
     demo.set_defaults(run=cmd_demo, limit=DEMO_LIMIT)
+
+    add_reproduce_command(commands)
     return parser
 
 
