@@ -45,6 +45,7 @@ SCAN_CASES = [
     (1, 13, 16, 1, False, False, False, False, False, False),  # N = 1
     (2, 9, 40, 4, True, False, True, True, True, True),  # two channel blocks, the second partial
     (2, 5, 8, 6, False, True, False, False, True, False),
+    (1, 4, 3, 300, True, True, True, True, True, True),  # N > 256: one channel per backward program
 ]
 
 
@@ -120,6 +121,44 @@ def test_scan_strided_inputs():
         y = selective_scan(u, delta, A, B, C, None, z, delta_softplus=True, reverse=True, impl=impl)
         results.append((y, *torch.autograd.grad(y.sum(), leaves)))
     torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=2e-6)
+
+
+def strided_far_apart(rows: torch.Tensor, stride: int) -> torch.Tensor | None:
+    """(1, L, E) bfloat16 whose row t starts at element t * stride of one buffer (L - 1) * stride + E long:
+    t * stride passes 2**31 with the stride itself below it. Only the rows' pages are touched; None when
+    the buffer (4 GiB of address space) cannot be reserved."""
+    length, E = rows.shape
+    try:
+        buffer = torch.empty((length - 1) * stride + E, dtype=torch.bfloat16)
+    except RuntimeError:
+        return None
+    x = buffer.as_strided((1, length, E), (buffer.numel(), stride, 1))
+    x[0] = rows
+    return x
+
+
+def test_offsets_past_2_to_the_31():
+    """Rows 2**30 elements apart: row 2's offset is 2**31, which 32-bit offsets would wrap."""
+    g = torch.Generator().manual_seed(4)
+    rows = torch.randn(3, 8, generator=g).to(torch.bfloat16)
+    x = strided_far_apart(rows, 2**30)
+    if x is None:
+        pytest.skip("cannot reserve 4 GiB of address space for the far-apart rows")
+    w = torch.randn(8, 4, generator=g)
+    y = causal_conv1d(x, w, None, impl="triton")
+    torch.testing.assert_close(
+        y.float(), causal_conv1d_reference(rows[None].float(), w), rtol=1e-2, atol=1e-2
+    )
+    delta, B, C = (torch.rand(1, 3, n, generator=g) for n in (8, 2, 2))
+    A = -torch.rand(8, 2, generator=g)
+    x.requires_grad_()
+    y = selective_scan(x, delta, A, B, C, impl="triton")
+    (du,) = torch.autograd.grad(y.float().sum(), x)
+    dense = rows[None].float().requires_grad_()
+    want = selective_scan(dense, delta, A, B, C, impl="reference")
+    (du_want,) = torch.autograd.grad(want.sum(), dense)
+    torch.testing.assert_close(y.float(), want, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(du.float(), du_want, rtol=2e-2, atol=2e-2)
 
 
 CONV_SHAPES = [  # batch, length, E, K, bias

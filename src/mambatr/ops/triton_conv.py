@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from mambatr.ops import dispatch
+from mambatr.ops.triton_launch import Launch
 
 Tensor = torch.Tensor
 
@@ -22,8 +23,8 @@ INTERPRETED = dispatch.triton_interpreter()
 
 @triton.jit
 def _tile(pid_t, pid_e, L, E, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr):
-    """This program's time rows and channels, with their bounds masks."""
-    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    """This program's time rows (int64: row * row stride can pass 2**31) and channels, with masks."""
+    t = pid_t.to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     return t, e, t < L, e < E
 
@@ -117,6 +118,42 @@ def _conv_bwd_input(
 BLOCK_T, BLOCK_E = 16, 64
 
 
+def forward_launch(x, weight, bias, silu, reverse) -> tuple[Launch, Tensor]:
+    """The forward kernel's launch and the output it writes."""
+    batch, L, E = x.shape
+    y = torch.empty(batch, L, E, dtype=x.dtype, device=x.device)
+    grid = (batch, triton.cdiv(L, BLOCK_T), triton.cdiv(E, BLOCK_E))
+    args = (x, weight, weight if bias is None else bias, y, L, E, *x.stride()[:2], *y.stride()[:2])
+    flags = dict(K=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, REVERSE=reverse)
+    return Launch(_conv_fwd, grid, args, dict(flags, BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E)), y
+
+
+def backward_launches(x, weight, bias, silu, reverse, dout) -> tuple[list[Launch], dict]:
+    """The two backward kernels' launches (run in order) and the buffers they write."""
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    batch, L, E = x.shape
+    K = weight.shape[1]
+    grid = (batch, triton.cdiv(L, BLOCK_T), triton.cdiv(E, BLOCK_E))
+    dpre = torch.empty(batch, L, E, dtype=weight.dtype, device=x.device) if silu else dout
+    out = dict(
+        dx=torch.empty(batch, L, E, dtype=x.dtype, device=x.device),
+        dw=torch.empty(batch * grid[1], E, K, dtype=weight.dtype, device=x.device),  # per time tile
+        dbias=torch.empty(batch * grid[1], E, dtype=weight.dtype, device=x.device),
+    )
+    blocks = dict(REVERSE=reverse, BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E)
+    params = Launch(
+        _conv_bwd_params,
+        grid,
+        (x, weight, weight if bias is None else bias, dout, dpre, out["dw"], out["dbias"], L, E,
+         *x.stride()[:2], *dout.stride()[:2]),
+        dict(blocks, K=K, HAS_BIAS=bias is not None, SILU=silu),
+    )  # fmt: skip
+    inputs = Launch(
+        _conv_bwd_input, grid, (weight, dpre, out["dx"], L, E, *dpre.stride()[:2]), dict(blocks, K=K)
+    )
+    return [params, inputs], out
+
+
 class _CausalConv1dTriton(torch.autograd.Function):
     """Saves only the inputs; the backward recomputes the pre-activation for SiLU's gradient."""
 
@@ -124,38 +161,38 @@ class _CausalConv1dTriton(torch.autograd.Function):
     def forward(ctx, x, weight, bias, silu, reverse):  # type: ignore[override]
         ctx.save_for_backward(x, weight, bias)
         ctx.flags = (silu, reverse)
-        batch, L, E = x.shape
-        y = torch.empty(batch, L, E, dtype=x.dtype, device=x.device)
-        grid = (batch, triton.cdiv(L, BLOCK_T), triton.cdiv(E, BLOCK_E))
-        _conv_fwd[grid](
-            x, weight, weight if bias is None else bias, y, L, E, x.stride(0), x.stride(1), y.stride(0),
-            y.stride(1), K=weight.shape[1], HAS_BIAS=bias is not None, SILU=silu, REVERSE=reverse,
-            BLOCK_T=BLOCK_T, BLOCK_E=BLOCK_E,
-        )  # fmt: skip
+        launch, y = forward_launch(x, weight, bias, silu, reverse)
+        launch.run()
         return y
 
     @staticmethod
     def backward(ctx, dout):  # type: ignore[override]
         x, weight, bias = ctx.saved_tensors
-        silu, reverse = ctx.flags
-        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-        batch, L, E = x.shape
-        K = weight.shape[1]
-        grid = (batch, triton.cdiv(L, BLOCK_T), triton.cdiv(E, BLOCK_E))
-        dpre = torch.empty(batch, L, E, dtype=weight.dtype, device=x.device) if silu else dout
-        dw = torch.empty(batch * grid[1], E, K, dtype=weight.dtype, device=x.device)
-        dbias = torch.empty(batch * grid[1], E, dtype=weight.dtype, device=x.device)
-        _conv_bwd_params[grid](
-            x, weight, weight if bias is None else bias, dout, dpre, dw, dbias, L, E, *x.stride()[:2],
-            *dout.stride()[:2], K=K, HAS_BIAS=bias is not None, SILU=silu, REVERSE=reverse, BLOCK_T=BLOCK_T,
-            BLOCK_E=BLOCK_E,
-        )  # fmt: skip
-        dx = torch.empty(batch, L, E, dtype=x.dtype, device=x.device)
-        _conv_bwd_input[grid](
-            weight, dpre, dx, L, E, dpre.stride(0), dpre.stride(1), K=K, REVERSE=reverse, BLOCK_T=BLOCK_T,
-            BLOCK_E=BLOCK_E,
-        )  # fmt: skip
-        return dx, dw.sum(0), None if bias is None else dbias.sum(0), None, None
+        kernels, out = backward_launches(x, weight, bias, *ctx.flags, dout)
+        for launch in kernels:
+            launch.run()
+        return out["dx"], out["dw"].sum(0), None if bias is None else out["dbias"].sum(0), None, None
+
+
+def _prepared(x, weight, bias, silu, reverse) -> tuple:
+    """The kernels' arguments: x with contiguous channels, weight and bias in the compute dtype
+    (float32, float64 for float64 x)."""
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (
+        x if x.stride(-1) == 1 else x.contiguous(),
+        weight.to(compute).contiguous(),
+        None if bias is None else bias.to(compute).contiguous(),
+        silu,
+        reverse,
+    )
+
+
+def launches(x, weight, bias=None, silu=True, reverse=False) -> list[Launch]:
+    """The forward and backward launches of that ``causal_conv1d_triton`` call, without running them
+    (meta tensors work: what tests/test_triton_compile.py compiles for a GPU)."""
+    prepared = _prepared(x, weight, bias, silu, reverse)
+    forward, y = forward_launch(*prepared)
+    return [forward, *backward_launches(*prepared, torch.empty_like(y))[0]]
 
 
 def causal_conv1d_triton(
@@ -167,11 +204,4 @@ def causal_conv1d_triton(
     (autograd casts their gradients back).
     """
     dispatch.check_triton_kernels("causal_conv1d", x.device, INTERPRETED)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _CausalConv1dTriton.apply(
-        x if x.stride(-1) == 1 else x.contiguous(),
-        weight.to(compute).contiguous(),
-        None if bias is None else bias.to(compute).contiguous(),
-        silu,
-        reverse,
-    )
+    return _CausalConv1dTriton.apply(*_prepared(x, weight, bias, silu, reverse))

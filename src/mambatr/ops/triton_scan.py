@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from mambatr.ops import dispatch
+from mambatr.ops.triton_launch import Launch
 
 Tensor = torch.Tensor
 
@@ -34,12 +35,12 @@ def _softplus(x):
 
 @triton.jit
 def _time(i, L, REVERSE: tl.constexpr):
-    """The time index of scan step i."""
+    """The time index of scan step i, in int64: t * row stride can pass 2**31."""
     if REVERSE:
         t = L - 1 - i
     else:
         t = i
-    return t
+    return t.to(tl.int64)
 
 
 @triton.jit
@@ -216,11 +217,22 @@ def _scan_bwd(
     tl.store(dbias_part + b * E + e, dbias_acc, mask=me)
 
 
-def _blocks(E: int, N: int) -> tuple[int, int, int]:
-    """(BLOCK_E, BLOCK_N, num_warps): a channel block x all states, about 512 to 1024 values."""
+# Tile sizes (state values per program) and values per thread, from the registers ptxas reports for
+# sm_80 / sm_90 (benchmarks/triton_compile.py, docs/scan.md): the forward holds one state tile, the
+# backward about five (state, adjoint, dA, the reloaded state, the decay), so it gets a quarter of the
+# tile. ``maxnreg=255`` keeps ptxas from capping itself at 80-128 registers and spilling.
+FORWARD_TILE, BACKWARD_TILE = 1024, 256
+FORWARD_PER_THREAD, BACKWARD_PER_THREAD = 8, 4
+MAX_REGISTERS = 255
+
+
+def _blocks(E: int, N: int, tile: int, per_thread: int) -> tuple[int, int, int]:
+    """(BLOCK_E, BLOCK_N, num_warps): all (padded) states of up to 32 channels, at most ``tile`` values
+    (one channel when a channel's states alone fill it), ``per_thread`` values per thread."""
     block_n = max(2, triton.next_power_of_2(N))
-    block_e = max(8, min(32, triton.next_power_of_2(E), 1024 // block_n))
-    return block_e, block_n, 4 if block_e * block_n >= 1024 else 2
+    block_e = max(1, min(32, triton.next_power_of_2(E), tile // block_n))
+    warps = max(1, min(8, block_e * block_n // (32 * per_thread)))
+    return block_e, block_n, warps
 
 
 def _rows(t: Tensor | None) -> Tensor | None:
@@ -228,16 +240,59 @@ def _rows(t: Tensor | None) -> Tensor | None:
     return t if t is None or t.stride(-1) == 1 else t.contiguous()
 
 
-def _launch_args(u, delta, A, B, C, D, z, bias, gap, softplus, reverse) -> tuple[tuple, tuple, dict]:
+def _launch_args(
+    u, delta, A, B, C, D, z, bias, gap, softplus, reverse, backward
+) -> tuple[tuple, tuple, dict]:
     """Pointers (an absent input's slot gets a tensor that is never read), row strides and flags."""
     zz = u if z is None else z
     rows = (u, delta, B, C, zz)
     strides = (*(s for t in rows for s in t.stride()[:2]), 0 if gap is None else gap.stride(0))
     pointers = tuple(A if t is None else t for t in (u, delta, A, B, C, D, zz, bias, gap))
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_GAP=gap is not None)
-    block_e, block_n, warps = _blocks(u.shape[2], A.shape[1])
-    flags.update(SOFTPLUS=softplus, REVERSE=reverse, BLOCK_E=block_e, BLOCK_N=block_n, num_warps=warps)
+    tile, per_thread = (
+        (BACKWARD_TILE, BACKWARD_PER_THREAD) if backward else (FORWARD_TILE, FORWARD_PER_THREAD)
+    )
+    block_e, block_n, warps = _blocks(u.shape[2], A.shape[1], tile, per_thread)
+    flags.update(SOFTPLUS=softplus, REVERSE=reverse, BLOCK_E=block_e, BLOCK_N=block_n)
+    flags.update(num_warps=warps, maxnreg=MAX_REGISTERS)
     return pointers, strides, flags
+
+
+def forward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse) -> tuple[Launch, Tensor]:
+    """The forward kernel's launch and the output it writes."""
+    pointers, strides, flags = _launch_args(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, False)
+    batch, L, E = u.shape
+    y = torch.empty(batch, L, E, dtype=u.dtype, device=u.device)
+    grid = (batch, triton.cdiv(E, flags["BLOCK_E"]))
+    return Launch(_scan_fwd, grid, (*pointers, y, L, E, A.shape[1], *strides, L * E, E), flags), y
+
+
+def backward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, dout) -> tuple[Launch, dict]:
+    """The backward kernel's launch and the buffers it writes (per-block / per-batch partials)."""
+    pointers, strides, flags = _launch_args(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, True)
+    dout = _rows(dout)
+    batch, L, E = u.shape
+    N = A.shape[1]
+    blocks = triton.cdiv(E, flags["BLOCK_E"])
+    chunk = math.isqrt(L - 1) + 1  # checkpoints + one chunk's states: about 2 sqrt(L) state blocks
+    n_chunks = triton.cdiv(L, chunk)
+    acc = dict(dtype=A.dtype, device=u.device)
+    tile = flags["BLOCK_E"] * flags["BLOCK_N"]
+    scratch = torch.empty(batch * blocks * (n_chunks + chunk) * tile, **acc)
+    out = dict(
+        du=torch.empty(batch, L, E, dtype=u.dtype, device=u.device),
+        ddelta=torch.empty(batch, L, E, dtype=delta.dtype, device=u.device),
+        dz=None if z is None else torch.empty(batch, L, E, dtype=z.dtype, device=u.device),
+        dA=torch.empty(batch, E, N, **acc),
+    )
+    out["dD"], out["dbias"] = torch.empty(2, batch, E, **acc)
+    out["dB"], out["dC"] = torch.empty(2, batch, blocks, L, N, **acc)  # per channel block
+    args = (
+        *pointers, dout, out["du"], out["ddelta"], out["du"] if z is None else out["dz"], out["dA"],
+        out["dB"], out["dC"], out["dD"], out["dbias"], scratch, L, E, N, chunk, n_chunks, *strides,
+        *dout.stride()[:2], L * E, E,
+    )  # fmt: skip
+    return Launch(_scan_bwd, (batch, blocks), args, flags), out
 
 
 class _SelectiveScanTriton(torch.autograd.Function):
@@ -247,48 +302,49 @@ class _SelectiveScanTriton(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, bias, gap, softplus, reverse):  # type: ignore[override]
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, gap)
         ctx.flags = (softplus, reverse)
-        pointers, strides, flags = _launch_args(u, delta, A, B, C, D, z, bias, gap, softplus, reverse)
-        batch, L, E = u.shape
-        y = torch.empty(batch, L, E, dtype=u.dtype, device=u.device)
-        grid = (batch, triton.cdiv(E, flags["BLOCK_E"]))
-        _scan_fwd[grid](*pointers, y, L, E, A.shape[1], *strides, L * E, E, **flags)
+        launch, y = forward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse)
+        launch.run()
         return y
 
     @staticmethod
     def backward(ctx, dout):  # type: ignore[override]
         u, delta, A, B, C, D, z, bias, gap = ctx.saved_tensors
-        pointers, strides, flags = _launch_args(u, delta, A, B, C, D, z, bias, gap, *ctx.flags)
-        dout = _rows(dout)
-        batch, L, E = u.shape
-        N = A.shape[1]
-        blocks = triton.cdiv(E, flags["BLOCK_E"])
-        chunk = math.isqrt(L - 1) + 1  # checkpoints + one chunk's states: about 2 sqrt(L) state blocks
-        n_chunks = triton.cdiv(L, chunk)
-        acc = dict(dtype=A.dtype, device=u.device)
-        tile = flags["BLOCK_E"] * flags["BLOCK_N"]
-        scratch = torch.empty(batch * blocks * (n_chunks + chunk) * tile, **acc)
-        du = torch.empty(batch, L, E, dtype=u.dtype, device=u.device)
-        ddelta = torch.empty(batch, L, E, dtype=delta.dtype, device=u.device)
-        dz = None if z is None else torch.empty(batch, L, E, dtype=z.dtype, device=u.device)
-        dA, (dD, dbias) = torch.empty(batch, E, N, **acc), torch.empty(2, batch, E, **acc)
-        dB, dC = torch.empty(2, batch, blocks, L, N, **acc)  # per channel block, summed below
-        _scan_bwd[(batch, blocks)](
-            *pointers, dout, du, ddelta, du if dz is None else dz, dA, dB, dC, dD, dbias, scratch,
-            L, E, N, chunk, n_chunks, *strides, *dout.stride()[:2], L * E, E, **flags,
-        )  # fmt: skip
+        launch, out = backward_launch(u, delta, A, B, C, D, z, bias, gap, *ctx.flags, dout)
+        launch.run()
         return (
-            du,
-            ddelta,
-            dA.sum(0),
-            dB.sum(1).to(B.dtype),
-            dC.sum(1).to(C.dtype),
-            None if D is None else dD.sum(0),
-            dz,
-            None if bias is None else dbias.sum(0),
+            out["du"],
+            out["ddelta"],
+            out["dA"].sum(0),
+            out["dB"].sum(1).to(B.dtype),
+            out["dC"].sum(1).to(C.dtype),
+            None if D is None else out["dD"].sum(0),
+            out["dz"],
+            None if bias is None else out["dbias"].sum(0),
             None,
             None,
             None,
         )
+
+
+def _prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse) -> tuple:
+    """The kernels' arguments: activations with contiguous channels, A / D / delta_bias in the compute
+    dtype (float32, float64 for float64 u)."""
+    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
+    small = [None if t is None else t.to(compute).contiguous() for t in (A, D, delta_bias)]
+    gap = None if gap is None else gap.contiguous()
+    activations = [_rows(t) for t in (u, delta, B, C, z)]
+    return (*activations[:2], small[0], *activations[2:4], small[1], activations[4], small[2], gap,
+            delta_softplus, reverse)  # fmt: skip
+
+
+def launches(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, gap=None, reverse=False
+) -> list[Launch]:
+    """The forward and backward launches of that ``selective_scan_triton`` call, without running them
+    (meta tensors work: what tests/test_triton_compile.py compiles for a GPU)."""
+    prepared = _prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse)
+    forward, y = forward_launch(*prepared)
+    return [forward, backward_launch(*prepared, torch.empty_like(y))[0]]
 
 
 def selective_scan_triton(
@@ -310,18 +366,5 @@ def selective_scan_triton(
     to the compute dtype (autograd casts their gradients back).
     """
     dispatch.check_triton_kernels("selective_scan", u.device, INTERPRETED)
-    compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-    small = [None if t is None else t.to(compute).contiguous() for t in (A, D, delta_bias)]
-    return _SelectiveScanTriton.apply(
-        _rows(u),
-        _rows(delta),
-        small[0],
-        _rows(B),
-        _rows(C),
-        small[1],
-        _rows(z),
-        small[2],
-        None if gap is None else gap.contiguous(),
-        delta_softplus,
-        reverse,
-    )
+    prepared = _prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse)
+    return _SelectiveScanTriton.apply(*prepared)

@@ -1,0 +1,106 @@
+"""A Triton kernel launch as data, so the same launch can be run or compiled for a GPU without one.
+
+The launchers in triton_scan.py / triton_conv.py build :class:`Launch` records and run them; with
+meta tensors instead of real ones, :func:`compile_for_gpu` compiles exactly those launches ahead of
+time for a CUDA target (ptxas ships in the triton wheel), which is how tests/test_triton_compile.py
+and benchmarks/triton_compile.py check the kernels for sm_80 / sm_90 on a machine without a GPU.
+Triton specialises a launch on its arguments (dtypes, 16-divisible integers, constexprs); this uses
+Triton's own binder for that, as a real launch does.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import triton
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: ``kernel[grid](*args, **options)`` (options: constexprs and num_warps)."""
+
+    kernel: Any  # triton.runtime.JITFunction, or its InterpretedFunction under TRITON_INTERPRET=1
+    grid: tuple[int, ...]
+    args: tuple
+    options: dict
+
+    def run(self) -> None:
+        self.kernel[self.grid](*self.args, **self.options)
+
+    @property
+    def name(self) -> str:
+        return self.kernel.__name__
+
+
+@dataclass(frozen=True)
+class CompiledReport:
+    """What ptxas made of one launch for one GPU: registers per thread, local-memory (spill) bytes."""
+
+    kernel: str
+    arch: int
+    registers: int
+    # ptxas's stack frame: Triton allocates no local arrays, so it is where registers spill (0: no
+    # spill; a spilling kernel's "bytes spill stores" in ptxas -v is of the same order)
+    spill_bytes: int
+    shared_bytes: int
+
+
+def cuobjdump() -> str | None:
+    """The cuobjdump that ships with triton's NVIDIA backend (or on PATH); None when neither has one."""
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(bundled) if bundled.is_file() else shutil.which("cuobjdump")
+
+
+def _specialised(launch: Launch, arch: int) -> tuple[Any, Any, Any]:
+    """(target, Triton's source for the specialised kernel, its compile options), as a launch on a GPU
+    of compute capability ``arch`` would specialise it."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    kernel = launch.kernel
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*launch.args, **launch.options)
+    options, signature, constexprs, attrs = kernel._pack_args(
+        backend, launch.options, bound, specialization, options
+    )
+    return target, ASTSource(kernel, signature, constexprs, attrs), options
+
+
+def specialisation_key(launch: Launch, arch: int) -> tuple[str, str]:
+    """Equal for two launches that compile to the same kernel (signature, constexprs, alignment, options)."""
+    _, source, options = _specialised(launch, arch)
+    return source.hash(), options.hash()
+
+
+def compile_for_gpu(launch: Launch, arch: int) -> CompiledReport:
+    """Compile ``launch`` to a cubin for compute capability ``arch`` (80, 90, ...) and read its registers
+    and spills from the cubin. Raises whatever Triton raises on a compile error."""
+    target, source, options = _specialised(launch, arch)
+    compiled = triton.compile(source, target=target, options=options.__dict__)
+    return _resources(launch.name, arch, compiled.asm["cubin"])
+
+
+def _resources(name: str, arch: int, cubin: bytes) -> CompiledReport:
+    tool = cuobjdump()
+    if tool is None:
+        raise RuntimeError("cuobjdump not found (it ships with triton's NVIDIA backend)")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", file.name], capture_output=True, text=True)
+    found = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage.stdout)
+    if usage.returncode != 0 or found is None:
+        raise RuntimeError(
+            f"cuobjdump --dump-resource-usage failed on {name}: {usage.stderr or usage.stdout}"
+        )
+    registers, stack, shared, local = map(int, found.groups())
+    return CompiledReport(name, arch, registers, stack + local, shared)
