@@ -234,7 +234,7 @@ def test_frame_folder_errors(tmp_path, videos):
     bad = write_video(root / "bad", 3, width=16, height=16)
     (bad / "img_00001.png").write_bytes(b"not a png")
     (tmp_path / "bad.csv").write_text("bad 0\n")
-    with pytest.raises(DatasetError, match=r"bad.csv:1: cannot read .*img_00001.png"):
+    with pytest.raises(DatasetError, match=r"bad.csv:1: .*img_00001.png: cannot read the image"):
         VideoFrameFolder(root, tmp_path / "bad.csv", num_frames=3, img_size=16)[0]
     mixed = write_video(root / "mixed", 2, width=16, height=16)
     write_video(root / "mixed2", 1, width=20, height=16)

@@ -33,13 +33,16 @@ from mambatr.cli_args import (
     non_negative_int,
     positive_int,
     reduction_from,
+    refuse_duplicates,
     typed,
 )
-from mambatr.cli_inputs import calibration_images, eval_batches, evaluable, viz_image
+from mambatr.cli_exit import one_line_errors
+from mambatr.cli_inputs import calibration_images, check_viz_out, eval_batches, evaluable, viz_image
 from mambatr.cli_reproduce import add_reproduce_command
 from mambatr.data.tasks import TESTBEDS
 from mambatr.distributed import all_gather_list
 from mambatr.evaluate import evaluate, evaluate_tensors
+from mambatr.finite import check_finite_weights
 from mambatr.flops import CONVENTIONS, count_flops
 from mambatr.models import create_model, model_entry
 from mambatr.outputs import check_writable_dir, check_writable_file, write_text_atomic
@@ -69,9 +72,6 @@ DEMO_LIMIT = 3_000  # five evaluations of the 196-token model fit in 3 minutes o
 DEMO_TARGETS = (0.2, 0.3, 0.4)
 DEMO_CALIBRATED = 0.3  # plus MTR with its shipped calibrated schedule (mambatr/schedules/)
 DISTRIBUTED_COMMANDS = ("eval", "sweep")
-# Bad input from the user: the API's errors for it are ValueErrors (CheckpointError, DatasetError, an
-# unknown model, ...) or a FileNotFoundError. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError)
 OVERWRITE_HELP = "start again in an --out that holds another run (its kept cells are removed)"
 # Recipe fields set by a flag of their name: the training schedule, then the official Vim / DeiT options
 # (off by default) with their metavar and help (hustvl/Vim main.py values in brackets)
@@ -104,6 +104,7 @@ def _load_model(which: ModelArgs) -> torch.nn.Module:
     if which.checkpoint is None and entry.weights is None:
         raise ValueError(f"model {which.model!r} has no shipped weights: pass --checkpoint PATH")
     model = create_model(which.model, checkpoint=which.checkpoint, pretrained=which.checkpoint is None)
+    check_finite_weights(model, which.checkpoint or f"the shipped weights of {which.model}")
     return model.eval()
 
 
@@ -365,6 +366,7 @@ def _sweep_schedules(
 def _sweep_grid(methods: str, reductions: str) -> tuple[list[str], list[float]]:
     """--methods and --reductions as lists, every entry checked: a bad one fails before any work."""
     names = [m.strip() for m in methods.split(",") if m.strip()]
+    refuse_duplicates(names, "--methods")
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
         raise ValueError(
@@ -384,6 +386,7 @@ def _sweep_grid(methods: str, reductions: str) -> tuple[list[str], list[float]]:
         targets += [] if value is None else [value]
     if not targets:
         raise ValueError("--reductions: no target given")
+    refuse_duplicates(targets, "--reductions")
     return names, targets
 
 
@@ -451,6 +454,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     # speed does not depend on the weights: --checkpoint, else shipped ones when there are, else random
     pretrained = which.checkpoint is None and model_entry(which.model).weights is not None
     model = create_model(which.model, checkpoint=which.checkpoint, pretrained=pretrained).to(device).eval()
+    check_finite_weights(model, which.checkpoint or f"the weights of {which.model}")
     images = torch.randn(model.config.input_shape(inputs.batch_size), device=device)
     result = {
         "model": which.model,
@@ -543,7 +547,7 @@ def cmd_viz(args: argparse.Namespace) -> None:
     if args.method is None:
         raise ValueError("viz needs --method (and --flops-reduction or --ratio)")
     which, reduction = typed(args)[0], reduction_from(args)
-    check_writable_file(args.out, "--out")
+    check_viz_out(args.out)
     model = _load_model(which)
     if len(model.config.input_shape(1)) != 4:
         raise ValueError(f"viz draws image models; {which.model} takes videos")
@@ -570,6 +574,8 @@ def cmd_probe(args: argparse.Namespace) -> None:
     if dataset not in TESTBEDS:
         raise ValueError(f"probe runs on the Fashion-MNIST testbeds; {which.model} evaluates on {dataset}")
     after, remove = parse_ints(args.after, "--after"), parse_ints(args.remove, "--remove")
+    refuse_duplicates(after, "--after")
+    refuse_duplicates(remove, "--remove")
     check_writable_dir(args.out, "--out")
     run.start()
     model = _load_model(which).to(run.device)
@@ -845,7 +851,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line result files record
     args.context = distributed.SINGLE
-    try:
+    with one_line_errors(args):  # bad input, Ctrl-C, a closed pipe, a full disk: one line (cli_exit)
         if distributed.launched() and args.command not in DISTRIBUTED_COMMANDS:
             raise ValueError(f"only {' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun")
         args.context = distributed.init(getattr(args, "device", "cpu"))
@@ -853,7 +859,3 @@ def main(argv: list[str] | None = None) -> None:
             args.run(args)
         finally:
             distributed.shutdown()
-    except USER_ERRORS as error:  # bad input; anything else is a bug: traceback
-        rank = f" (rank {args.context.rank})" if args.context.distributed else ""
-        print(f"mambatr {args.command}{rank}: error: {error}", file=sys.stderr)
-        sys.exit(2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import NoReturn, TypeVar
@@ -19,7 +19,7 @@ import torch
 from mambatr.distributed import SINGLE, Context
 from mambatr.models import list_models
 from mambatr.reduction import METHODS, ReductionReport, apply
-from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION
+from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION, Schedule
 
 # The reduction flags that mean nothing without --method, besides each method's own options
 REDUCTION_FLAGS = ("flops_reduction", "ratio", "layers", "option", "schedule")
@@ -41,6 +41,24 @@ def positive_int(text: str) -> int:
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0 (warm-up runs, worker processes)."""
     return _int_at_least(text, 0, "an integer >= 0")
+
+
+def device_name(text: str) -> str:
+    """argparse type: ``cpu``, or ``cuda`` / ``cuda:N`` when this PyTorch build sees that GPU."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if text != "cpu" and match is None:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if match is not None:
+        if not torch.backends.cuda.is_built():
+            raise argparse.ArgumentTypeError(
+                f"{text}: this PyTorch build ({torch.__version__}) has no CUDA support; use cpu"
+            )
+        count = torch.cuda.device_count()
+        index = int(match[1] or 0)
+        if index >= count:
+            seen = f"only {count} CUDA device(s) are visible" if count else "no CUDA device is visible"
+            raise argparse.ArgumentTypeError(f"{text}: {seen}")
+    return text
 
 
 def _int_at_least(text: str, minimum: int, what: str) -> int:
@@ -140,7 +158,7 @@ def add_runtime_args(
     if threads:
         group.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     if device is not None:
-        group.add_argument("--device", default="cpu", help=device)
+        group.add_argument("--device", type=device_name, default="cpu", help=device)
     if json:
         group.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
@@ -272,6 +290,8 @@ def reduction_from(args: argparse.Namespace) -> ReductionArgs:
     schedule = getattr(args, "schedule", None)
     if schedule is None:
         spec(**options)  # an unknown option or value fails here, before any work
+    else:
+        check_schedule(schedule, method, args.model, given)
     return ReductionArgs(
         method=method,
         flops_reduction=args.flops_reduction,
@@ -280,6 +300,33 @@ def reduction_from(args: argparse.Namespace) -> ReductionArgs:
         schedule=schedule,
         options=options,
     )
+
+
+def check_schedule(path: str, method: str, model: str, given: list[str]) -> None:
+    """--schedule read and checked before any work: alone (it fixes the layers, counts and options),
+    every field valid, made for --method and --model."""
+    extra = [flag(name) for name in given if name != "schedule"]
+    if extra:
+        raise ValueError(
+            f"--schedule fixes the layers, counts and options; do not also give {' / '.join(extra)}"
+        )
+    schedule = Schedule.load(path)
+    if schedule.method != method:
+        raise ValueError(f"--schedule {path}: this schedule is for {schedule.method}, not --method {method}")
+    if schedule.model != model:
+        raise ValueError(
+            f"--schedule {path}: this schedule was made for {schedule.model}, not for --model {model}: "
+            f"a schedule is tuned to one model's weights; calibrate one for {model} (mambatr calibrate)"
+        )
+
+
+def refuse_duplicates(values: Sequence[object] | None, flag_name: str) -> None:
+    """A list flag naming an entry twice is refused: it would run (and be counted) twice."""
+    seen: list[object] = []
+    for value in values or ():
+        if value in seen:
+            raise ValueError(f"{flag_name}: {value} is given twice")
+        seen.append(value)
 
 
 def parse_layers(text: str | None) -> list[int] | None:

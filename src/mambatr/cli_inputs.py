@@ -15,7 +15,9 @@ from mambatr.data.tasks import TESTBEDS
 from mambatr.distributed import Context, ShardBatchSampler
 from mambatr.evaluate import tensor_batches
 from mambatr.models import model_entry
+from mambatr.outputs import check_writable_file
 from mambatr.video_eval import VideoViews, ViewAveraging, parse_views
+from mambatr.visualize import figure_formats, importance_path_of
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (inputs, labels)
 
@@ -34,6 +36,8 @@ def eval_batches(
         images, labels = TESTBEDS[dataset].load(inputs.split, inputs.data)
         if inputs.limit is not None:
             images, labels = images[: inputs.limit], labels[: inputs.limit]
+        where = f"the {dataset} {inputs.split} split"
+        check_head_fits(int(labels.max()) + 1, model.config.num_classes, where, exact=False)
         shard = ShardBatchSampler(len(images), inputs.batch_size, context)
         batches = tensor_batches(images, labels, inputs.batch_size, context, TESTBEDS[dataset].to_input)
         return batches, shard.images()
@@ -43,6 +47,7 @@ def eval_batches(
         raise ValueError(f"model {name!r} evaluates on ImageNet: pass --data /path/to/imagenet/val")
     transform = data.build_eval_transform(input_size=model.config.img_size)
     folder = data.ImageFolder(inputs.data, transform=transform)
+    check_head_fits(len(folder.classes), model.config.num_classes, f"--data {inputs.data}", exact=True)
     return folder_batches(folder, inputs, context, skipped)
 
 
@@ -59,7 +64,7 @@ def video_batches(
     config = model.config
     folder = data.VideoFrameFolder(
         inputs.data, annotation, num_frames=config.num_frames, img_size=config.img_size, num_clips=clips,
-        num_crops=crops,
+        num_crops=crops, num_classes=config.num_classes,
     )  # fmt: skip
     return folder_batches(VideoViews(folder), inputs, context, skipped)
 
@@ -129,6 +134,30 @@ def viz_image(
         raise ValueError(f"--image {image}: {what}; give an image file")
     try:
         picture = transform(data.load_rgb(image))
-    except OSError as error:
-        raise ValueError(f"--image {image}: cannot read the image ({error})") from None
+    except data.UnreadableImageError as error:  # it names the file: say which flag gave it
+        raise ValueError(f"--image {error}") from None
     return picture, data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD
+
+
+def check_viz_out(out: str) -> None:
+    """viz --out, before any work: a figure format matplotlib writes, and both files viz writes (OUT and
+    OUT_importance.png) writable regular files or new ones."""
+    path = Path(out)
+    check_writable_file(path, "--out")
+    formats = figure_formats()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ValueError(
+            f"--out {out}: name a figure file ending in one of .{', .'.join(formats)} (e.g. viz.png)"
+        )
+    check_writable_file(importance_path_of(path), "--out's importance figure")
+
+
+def check_head_fits(labels: int, classes: int, where: str, exact: bool) -> None:
+    """The model's head (``classes`` outputs) against the data's ``labels`` classes, before any work:
+    a label the head has no output for would fail mid-run in the loss; a folder with another number of
+    classes than the head (``exact``) would give every class after a missing one the wrong index."""
+    if labels > classes or (exact and labels != classes):
+        raise ValueError(
+            f"{where} has {labels} classes but the model's head has {classes} outputs: the labels would "
+            "not match the model's classes"
+        )

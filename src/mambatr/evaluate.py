@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from mambatr.data import to_model_input
 from mambatr.distributed import SINGLE, Context, ShardBatchSampler, all_reduce
+from mambatr.finite import check_finite_logits
 from mambatr.ops import prepare
 
 
@@ -42,6 +43,7 @@ def evaluate(
             start = time.perf_counter()
             logits = model(inputs)
             model_seconds += time.perf_counter() - start
+            check_finite_logits(logits, seen)  # NaN logits would still give a top-1 (argmax 0)
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
             correct += (logits.argmax(-1) == labels).sum().item()
             seen += len(labels)

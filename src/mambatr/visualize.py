@@ -162,12 +162,24 @@ def visualize(
     out.parent.mkdir(parents=True, exist_ok=True)
     figure = groups_figure(model, to_rgb_uint8(image, mean, std), traces, title)
     importance = importance_figure(model, traces, title)
-    importance_path = out.with_name(out.stem + "_importance.png")
+    importance_path = importance_path_of(out)
     for path, drawn in ((out, figure), (importance_path, importance)):
         with atomic_path(path) as temporary:
             drawn.savefig(temporary, dpi=110)
         _pyplot().close(drawn)
     return out, importance_path, traces
+
+
+def importance_path_of(out: Path) -> Path:
+    """Where ``visualize`` writes the importance figure beside ``out``: ``<out>_importance.png``."""
+    return out.with_name(out.stem + "_importance.png")
+
+
+def figure_formats() -> list[str]:
+    """The file suffixes (without the dot) matplotlib can write a figure as."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
 
 
 def _pyplot():

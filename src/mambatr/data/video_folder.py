@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mambatr.data.errors import DatasetError, DatasetNotFoundError, UnreadableImageError
 from mambatr.data.imagefolder import IMG_EXTENSIONS, load_rgb
@@ -299,10 +299,8 @@ class VideoFrameFolder(torch.utils.data.Dataset):
         for index in indices:
             try:
                 image = load_rgb(files[index])
-            except (OSError, UnidentifiedImageError) as error:
-                raise UnreadableImageError(
-                    f"{self.annotation_file}:{self.lines[video]}: cannot read {files[index]}: {error}"
-                ) from error
+            except UnreadableImageError as error:  # it names the frame; this names the video too
+                raise UnreadableImageError(f"{self.annotation_file}:{self.lines[video]}: {error}") from error
             if size is not None and image.size != size:
                 raise DatasetError(
                     f"{self.annotation_file}:{self.lines[video]}: {files[index]} is {image.size[0]}x"

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from mambatr.flops import FlopsReport, count_flops
 from mambatr.models.backbone import BackboneConfig
+from mambatr.outputs import write_text_atomic
 from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.registry import build_method
+from mambatr.reduction.schedule_schema import ScheduleError, checked_fields, read_json
 
 TOLERANCE = 0.005  # achieved FLOPs reduction must land within 0.5 points of the target
 MAX_FLOPS_REDUCTION = 0.9  # FLOPs targets lie in (0, MAX_FLOPS_REDUCTION)
@@ -115,7 +118,12 @@ SHIPPED_SCHEDULES = Path(__file__).resolve().parents[1] / "schedules"
 
 @dataclass
 class Schedule:
-    """A reduction schedule as data: which method, and how many tokens it removes after which block."""
+    """A reduction schedule as data: which method, and how many tokens it removes after which block.
+
+    Read from a file, every field is checked (``mambatr.reduction.schedule_schema``) and the counts
+    against each layer's limits; ``check_fits`` refuses it for another architecture, or, given the
+    model's name, for another model: a schedule is tuned to one model's weights.
+    """
 
     model: str
     architecture: dict  # depth, seq_len, embed_dim, has_cls: a schedule fits only this architecture
@@ -128,47 +136,91 @@ class Schedule:
     calibration: dict = field(default_factory=dict)  # images, source, step, evaluations, seconds
     command: str = ""
     format: str = SCHEDULE_FORMAT
+    file: str | None = field(default=None, compare=False)  # where it was read from, for errors; not saved
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        del data["file"]
         data["removals"] = {str(layer): count for layer, count in sorted(self.removals.items())}
         return data
 
     def save(self, path: str | Path) -> None:
         """Write the JSON atomically (a temporary file renamed), so a crash never leaves half a file."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        temporary.replace(path)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> Schedule:
+        """Read a schedule file, every field checked: ``ScheduleError`` (a ValueError) naming the file
+        and the first bad field."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"schedule file {path} not found") from None
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path} is not a schedule JSON file ({err})") from None
+        return cls.from_dict(read_json(path), str(path))
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> Schedule:
+        """A schedule from its JSON data (a file's, or a recipe's part), every field checked; errors
+        name ``where``."""
         if not isinstance(data, dict) or data.get("format") != SCHEDULE_FORMAT:
-            raise ValueError(f"{path} is not a mambatr schedule (format {SCHEDULE_FORMAT!r} expected)")
-        known = set(cls.__dataclass_fields__)
-        data = {key: value for key, value in data.items() if key in known}
-        data["removals"] = {int(layer): int(count) for layer, count in data["removals"].items()}
-        return cls(**data)
+            raise ScheduleError(f"{where} is not a mambatr schedule (format {SCHEDULE_FORMAT!r} expected)")
+        schedule = cls(**checked_fields(data, where), file=where)
+        if not 0.0 < schedule.flops_reduction_target < MAX_FLOPS_REDUCTION:
+            raise ScheduleError(
+                f"{where}: flops_reduction_target: expected a FLOPs target in (0, {MAX_FLOPS_REDUCTION})"
+            )
+        schedule.check_counts()
+        return schedule
+
+    @property
+    def _where(self) -> str:
+        """How errors name the schedule: its file, when it was read from one."""
+        return self.file or "schedule"
+
+    @property
+    def _prefix(self) -> str:
+        return f"{self.file}: " if self.file else ""
+
+    def check_counts(self) -> None:
+        """Each count within its layer's limits (the method's most at the tokens left there), each
+        layer a block of the schedule's architecture that is not the last."""
+        depth, tokens = self.architecture["depth"], self.architecture["seq_len"]
+        has_cls = self.architecture["has_cls"]
+        try:
+            method = build_method(self.method, **self.options)
+        except ValueError as error:
+            raise ScheduleError(f"{self._where}: options: {error}") from None
+        for layer, count in sorted(self.removals.items()):
+            field_name = f"removals['{layer}']"
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ScheduleError(f"{self._where}: {field_name}: expected an integer >= 0, got {count!r}")
+            if not 0 <= layer < depth - 1:
+                raise ScheduleError(
+                    f"{self._where}: {field_name}: block {layer} out of range; a depth-{depth} model "
+                    f"reduces after blocks 0..{depth - 2}"
+                )
+            most = method.max_removal(tokens, has_cls)
+            if count > most:
+                raise ScheduleError(
+                    f"{self._where}: {field_name}: {self.method} cannot remove {count} of the {tokens} "
+                    f"tokens left after block {layer} (at most {most})"
+                )
+            tokens -= count
 
     def check_fits(self, config: BackboneConfig, model_name: str | None = None) -> None:
-        """Refuse a schedule made for another architecture (depth, tokens, width, class token)."""
+        """Refuse a schedule made for another architecture (depth, tokens, width, class token), with
+        counts outside their layers' limits, or, when ``model_name`` is given, made for another model
+        (of the same architecture, e.g. other weights: its counts were tuned to that model)."""
         here = architecture_of(config)
         if here != self.architecture:
             made_for = f"{self.model} {self.architecture}"
             name = f"{model_name} " if model_name else ""
-            raise ValueError(f"schedule was made for {made_for}, not for this model ({name}{here})")
-        bad = [layer for layer in self.removals if not 0 <= layer < config.depth - 1]
-        if bad:
-            raise ValueError(
-                f"schedule removes tokens after blocks {bad}: out of range for depth {config.depth}"
+            raise ScheduleError(
+                f"{self._prefix}schedule was made for {made_for}, not for this model ({name}{here})"
             )
+        if model_name is not None and model_name != self.model:
+            raise ScheduleError(
+                f"{self._prefix}schedule was made for {self.model}, not for {model_name}: a schedule is "
+                f"tuned to one model's weights; calibrate one for {model_name} (mambatr calibrate)"
+            )
+        self.check_counts()
 
 
 def architecture_of(config: BackboneConfig) -> dict:
