@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,90 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
         dispatch.check_triton_kernels("selective_scan", torch.device("cpu"), interpreted=False)
 
 
-def test_auto_picks_triton_for_cuda_tensors():
+@pytest.fixture
+def stub_mamba_ssm(monkeypatch):
+    """A `mamba_ssm` that imports, whose selective_scan_fn runs the reference loops in mamba_ssm's
+    (batch, E, length) layout and records each call."""
+    calls = []
+
+    def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        calls.append(tuple(u.shape))
+        rows = (t if t is None else t.transpose(1, 2) for t in (u, delta, B, C, z))
+        u_, delta_, B_, C_, z_ = rows
+        y = selective_scan(u_, delta_, A, B_, C_, D, z_, delta_bias, delta_softplus, impl="reference")
+        return y.transpose(1, 2)
+
+    interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    interface.selective_scan_fn = selective_scan_fn
+    for name, module in {
+        "mamba_ssm": types.ModuleType("mamba_ssm"),
+        "mamba_ssm.ops": types.ModuleType("mamba_ssm.ops"),
+        "mamba_ssm.ops.selective_scan_interface": interface,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    dispatch.cuda_package_available.cache_clear()
+    yield calls
+    dispatch.cuda_package_available.cache_clear()
+
+
+def test_auto_on_cuda_without_mamba_ssm_picks_triton(monkeypatch):
+    monkeypatch.delenv("MAMBATR_OPS_IMPL", raising=False)
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)  # import mamba_ssm raises ImportError
+    monkeypatch.setitem(sys.modules, "causal_conv1d", None)
+    dispatch.cuda_package_available.cache_clear()
     cuda = torch.device("cuda")
-    assert dispatch.resolve("selective_scan", "auto", cuda, cuda_ok=False) == "triton"  # gap or not
+    assert dispatch.resolve("selective_scan", "auto", cuda, cuda_ok=True) == "triton"
+    assert dispatch.resolve("selective_scan", "auto", cuda, cuda_ok=False) == "triton"
     assert dispatch.resolve("causal_conv1d", "auto", cuda) == "triton"
-    assert backend_info(cuda)["selective_scan"] == "triton" and backend_info()["triton"] == "importable"
+    info = backend_info(cuda)
+    assert info["selective_scan"] == info["selective_scan with gap (HSA aligned)"] == "triton"
+    assert info["triton"] == "importable" and info["mamba_ssm (CUDA)"] == "not installed"
+    dispatch.cuda_package_available.cache_clear()
+
+
+def test_auto_on_cuda_sends_dense_scans_to_mamba_ssm_and_gaps_to_triton(monkeypatch, stub_mamba_ssm):
+    monkeypatch.delenv("MAMBATR_OPS_IMPL", raising=False)
+    cuda = torch.device("cuda")
+    dispatch.impls_used(reset=True)
+    assert dispatch.resolve("selective_scan", "auto", cuda, cuda_ok=True) == "cuda"
+    assert dispatch.resolve("selective_scan", "auto", cuda, cuda_ok=False) == "triton"  # HSA's gaps
+    assert dispatch.impls_used(reset=True) == {"selective_scan": ["cuda", "triton"]}
+    info = backend_info(cuda)
+    assert info["selective_scan"] == "cuda" and info["selective_scan with gap (HSA aligned)"] == "triton"
+    assert info["mamba_ssm (CUDA)"] == "importable"
+    assert backend_info("cpu")["selective_scan"] == "cpu"
+    monkeypatch.setenv("MAMBATR_OPS_IMPL", "triton")  # an explicit choice still wins
+    assert dispatch.resolve("selective_scan", "auto", cuda, cuda_ok=True) == "triton"
+
+
+def test_the_cuda_path_reaches_mamba_ssm_in_its_layout(stub_mamba_ssm):
+    """What "cuda" runs (the stub on CPU tensors): the transposes and the flip for reverse are right."""
+    from mambatr.ops.scan import selective_scan_mamba_ssm
+
+    inputs, _ = make_inputs(2, 5, 6, 3, D=True, z=True, bias=True)
+    for reverse in (False, True):
+        y = selective_scan_mamba_ssm(**inputs, delta_softplus=True, reverse=reverse)
+        want = selective_scan(**inputs, delta_softplus=True, reverse=reverse, impl="reference")
+        torch.testing.assert_close(y, want)
+    assert stub_mamba_ssm == [(2, 6, 5), (2, 6, 5)]
+
+
+class _FailingKernel:
+    """Stands in for a JIT function whose compile fails as ptxas would fail it."""
+
+    __name__ = "_scan_fwd"
+
+    def __getitem__(self, grid):
+        from triton.runtime.errors import PTXASError
+
+        def launch(*args, **kwargs):
+            raise PTXASError("`ptxas` failed with error code 255\nptxas fatal: ...")
+
+        return launch
+
+
+def test_a_kernel_that_does_not_build_names_the_way_round():
+    from mambatr.ops.triton_launch import Launch
+
+    with pytest.raises(RuntimeError, match=r"_scan_fwd: triton .*PTXASError.*MAMBATR_OPS_IMPL=torch"):
+        Launch(_FailingKernel(), (1,), (), {}).run()

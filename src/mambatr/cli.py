@@ -45,6 +45,7 @@ from mambatr.evaluate import evaluate, evaluate_tensors
 from mambatr.finite import check_finite_weights
 from mambatr.flops import CONVENTIONS, count_flops
 from mambatr.models import create_model, model_entry
+from mambatr.ops.dispatch import impls_used
 from mambatr.outputs import check_writable_dir, check_writable_file, write_text_atomic
 from mambatr.probe import parse_ints, probe_table, run_probe
 from mambatr.provenance import command_line, provenance, sha256_of
@@ -456,6 +457,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     model = create_model(which.model, checkpoint=which.checkpoint, pretrained=pretrained).to(device).eval()
     check_finite_weights(model, which.checkpoint or f"the weights of {which.model}")
     images = torch.randn(model.config.input_shape(inputs.batch_size), device=device)
+    impls_used(reset=True)
     result = {
         "model": which.model,
         "device": str(device),
@@ -477,6 +479,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             ideal_speedup=ideal,
             speedup_vs_ideal=speedup / ideal,
         )
+    result["kernels"] = impls_used()  # what "auto" ran (HSA aligned: mamba_ssm dense, triton for gaps)
     if run.json:
         print(json.dumps(result, indent=2))
         return
@@ -489,8 +492,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         red, achieved = result["reduced"], 100 * result["flops_reduction_achieved"]
         gains = [result[key] for key in ("speedup", "ideal_speedup", "speedup_vs_ideal")]
         rows.append([reduction.method, achieved, *speed(red), *gains, 100 * red["reduction_share"]])
+    ran = ", ".join(f"{op} {'+'.join(impls)}" for op, impls in result["kernels"].items())
     print(
         f"{which.model} on {device}, batch {inputs.batch_size}, {run.threads} threads, scan {model.scan_impl}"
+        f" (ran: {ran})"
     )
     print(
         markdown_table(

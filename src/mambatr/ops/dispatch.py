@@ -5,9 +5,11 @@ impl: "auto" (the default, overridable with $MAMBATR_OPS_IMPL), "reference" (pla
 loop over time: what ONNX export uses, see mambatr.ops.chunked_scan; the conv as in "torch"),
 "triton" (Triton kernels: CUDA tensors, or CPU tensors in Triton's interpreter with TRITON_INTERPRET=1),
 "cuda" (mamba_ssm / causal_conv1d).
-"auto" picks "cpu" for CPU tensors; for CUDA tensors "triton" when triton imports, else "cuda" when
-the CUDA package is importable (and the call has no gap), else "torch". mamba_ssm is used only when
-asked for (or, without triton, by "auto"). An unusable explicit choice raises; nothing falls back
+"auto" picks "cpu" for CPU tensors; for CUDA tensors what is proven first: "cuda" when the CUDA
+package imports and the call has no gap (mamba_ssm / causal_conv1d, the official kernels and the
+speed baseline GPU users compare against), else "triton" (with or without a gap: HSA's gap-aligned
+scan has no CUDA kernel) when triton imports, else "torch". Changing that order needs GPU figures
+showing triton as fast (docs/performance.md). An unusable explicit choice raises; nothing falls back
 silently.
 """
 
@@ -27,6 +29,7 @@ ENV_VAR = "MAMBATR_OPS_IMPL"
 CUDA_PACKAGES = {"selective_scan": "mamba_ssm", "causal_conv1d": "causal_conv1d"}
 
 _last: dict[str, str] = {}
+_used: dict[str, set[str]] = {}
 
 
 @functools.cache
@@ -63,10 +66,10 @@ def _auto(op: str, device: torch.device, cuda_ok: bool) -> str:
     """What "auto" means for ``op`` on ``device``."""
     if device.type == "cpu":
         return "cpu"
-    if device.type == "cuda" and cuda_package_available("triton"):
-        return "triton"
     if device.type == "cuda" and cuda_ok and cuda_package_available(CUDA_PACKAGES[op]):
         return "cuda"
+    if device.type == "cuda" and cuda_package_available("triton"):
+        return "triton"
     return "torch"
 
 
@@ -98,6 +101,7 @@ def resolve(op: str, impl: str, device: torch.device, cuda_ok: bool = True) -> s
         if not cuda_package_available(CUDA_PACKAGES[op]):
             raise RuntimeError(f"{op}: impl='cuda' needs the `{CUDA_PACKAGES[op]}` package (pip install it)")
     _last[op] = chosen
+    _used.setdefault(op, set()).add(chosen)
     return chosen
 
 
@@ -106,13 +110,25 @@ def last_impl() -> dict[str, str]:
     return dict(_last)
 
 
+def impls_used(reset: bool = False) -> dict[str, list[str]]:
+    """Every implementation each op used since the last reset (HSA's aligned model runs the dense
+    layers on one and the gap-aligned ones on another), e.g. {"selective_scan": ["cuda", "triton"]}."""
+    used = {op: sorted(impls) for op, impls in _used.items()}
+    if reset:
+        _used.clear()
+    return used
+
+
 def backend_info(device: str | torch.device = "cpu") -> dict[str, str]:
     """What "auto" resolves to on ``device`` and the state of each backend (for CLI/bench headers)."""
     device = torch.device(device)
     info = {"default_impl": default_impl()}
-    for op in CUDA_PACKAGES:
-        chosen = default_impl()
-        info[op] = _auto(op, device, cuda_ok=True) if chosen == "auto" else chosen
+    chosen = default_impl()
+    calls = [(op, op, True) for op in CUDA_PACKAGES] + [
+        ("selective_scan with gap (HSA aligned)", "selective_scan", False)
+    ]
+    for key, op, cuda_ok in calls:
+        info[key] = _auto(op, device, cuda_ok) if chosen == "auto" else chosen
     info["cpu_kernels"] = (
         f"{_cpu_kernels.loaded_from()} ({Path(_cpu_kernels.load()).name}, "
         f"parallel loops on {_cpu_kernels.parallel_threads()} threads)"

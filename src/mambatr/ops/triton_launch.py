@@ -31,7 +31,19 @@ class Launch:
     options: dict
 
     def run(self) -> None:
-        self.kernel[self.grid](*self.args, **self.options)
+        """Launch; a kernel Triton cannot build for this GPU raises a RuntimeError naming the way round."""
+        from triton.compiler.errors import CompilationError
+        from triton.runtime.errors import OutOfResources, PTXASError
+
+        try:
+            self.kernel[self.grid](*self.args, **self.options)
+        except (CompilationError, PTXASError, OutOfResources) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise RuntimeError(
+                f"{self.name}: triton {triton.__version__} could not build mambatr's kernel for this GPU "
+                f"({type(error).__name__}: {first}); run without the Triton kernels with "
+                f"MAMBATR_OPS_IMPL=torch (or MAMBATR_OPS_IMPL=cuda with mamba_ssm installed, no gaps)"
+            ) from error
 
     @property
     def name(self) -> str:
