@@ -50,7 +50,11 @@ from mambatr.outputs import check_writable_dir, check_writable_file, write_text_
 from mambatr.probe import parse_ints, probe_table, run_probe
 from mambatr.provenance import command_line, provenance, sha256_of
 from mambatr.reduction import METHODS, ReductionReport, calibrate
+from mambatr.reduction.calibration import Budget
+from mambatr.reduction.recipe import Recipe as TunedRecipe
 from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION, SHIPPED_SCHEDULES
+from mambatr.reduction.tune import tune as tune_search
+from mambatr.reduction.tune import variants as tune_variants
 from mambatr.runs import RunFolder
 from mambatr.sweep import (
     TABLE_HEADERS,
@@ -549,9 +553,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_viz(args: argparse.Namespace) -> None:
-    if args.method is None:
-        raise ValueError("viz needs --method (and --flops-reduction or --ratio)")
     which, reduction = typed(args)[0], reduction_from(args)
+    if reduction.method is None:
+        raise ValueError("viz needs --method (and --flops-reduction or --ratio), or --recipe")
     check_viz_out(args.out)
     model = _load_model(which)
     if len(model.config.input_shape(1)) != 4:
@@ -560,7 +564,7 @@ def cmd_viz(args: argparse.Namespace) -> None:
     image, mean, std = viz_image(which.model, args.image, args.data, model)
     achieved = f"{report.flops_reduction_achieved:.1%} FLOPs reduction"
     amount = (
-        f"target {reduction.flops_reduction:.0%}, achieved {achieved}"
+        f"target {report.flops_reduction_target:.0%}, achieved {achieved}"
         if reduction.ratio is None
         else f"ratio {reduction.ratio:g}, {achieved}"
     )
@@ -645,6 +649,141 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
         f"on {source}, "
         f"{schedule.calibration['evaluations']} evaluations in {schedule.calibration['seconds']} s; "
         f"written to {args.out}"
+    )
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    """The best method, options and schedule for a FLOPs target or an accuracy budget (mambatr.tune)."""
+    which, inputs, run = typed(args)
+    methods = args.methods.split(",") if args.methods else sorted(METHODS)
+    refuse_duplicates(methods, "--methods")
+    tune_variants(methods)  # an unknown method fails here, before any work
+    goals = {
+        "--flops-reduction": args.flops_reduction,
+        "--max-kl": args.max_kl,
+        "--min-agreement": args.min_agreement,
+    }
+    given = [name for name, value in goals.items() if value is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of --flops-reduction, --max-kl or --min-agreement")
+    with flag_names(("flops_reduction", "max_kl", "min_agreement")):
+        budget = None if args.flops_reduction is not None else Budget(args.max_kl, args.min_agreement)
+        if args.flops_reduction is not None and not 0.0 < args.flops_reduction < MAX_FLOPS_REDUCTION:
+            raise ValueError(
+                f"flops_reduction must be in (0, {MAX_FLOPS_REDUCTION}), got {args.flops_reduction}"
+            )
+    check_writable_file(args.out, "--out")
+    command = command_line(args.argv)
+    record = provenance(
+        which.model,
+        which.checkpoint,
+        data=inputs.data,
+        split=inputs.split,
+        limit=args.images,
+        command=command,
+    )
+    cells = Path(args.out).with_suffix(".tune")
+    manifest = {
+        "--model": which.model,
+        "--checkpoint": record["weights_sha256"],
+        "--data": record["data"],
+        "--split": inputs.split,
+        "--images": args.images,
+        "--methods": methods,
+        "--batch-size": inputs.batch_size,
+        "--step": args.step,
+        **{name: goals[name] for name in given},
+    }
+    run.start()
+    model = _load_model(which)
+    images, source = calibration_images(which.model, inputs, args.images, model)
+    with RunFolder(
+        cells, "tune", manifest, overwrite=args.overwrite, provenance=record, what="--out's folder"
+    ) as folder:
+        result = tune_search(
+            model,
+            images,
+            flops_reduction=args.flops_reduction,
+            budget=budget,
+            methods=methods,
+            batch_size=inputs.batch_size,
+            step=args.step,
+            store=folder,
+            model_name=which.model,
+            source=source,
+            command=command,
+            progress=True,
+        )
+    recipe = TunedRecipe(
+        schedule=result.schedule,
+        goal={"flops_reduction": args.flops_reduction} if budget is None else budget.to_dict(),
+        candidates=[candidate.to_dict() for candidate in result.candidates],
+        search={
+            **record,
+            "images": len(images),
+            "source": source,
+            "methods": methods,
+            "seconds": result.seconds,  # this run's; a resumed run reused the rest
+            "steps_computed": result.computed,
+        },
+        command=command,
+    )
+    recipe.save(args.out)
+    if run.json:
+        print(json.dumps(recipe.to_dict(), indent=2))
+        return
+    best = {}
+    for candidate in result.candidates:  # each variant's best candidate on the most images it saw
+        key = candidate.variant
+        if key not in best or (candidate.images, -candidate.kl) > (best[key].images, -best[key].kl):
+            best[key] = candidate
+    rows = [
+        [
+            c.variant,
+            c.schedule_from,
+            c.images,
+            f"{c.flops_reduction:.1%}",
+            f"{c.kl:.4g}",
+            f"{c.agreement:.1%}",
+        ]
+        for c in sorted(best.values(), key=lambda c: (-c.images, c.kl))
+    ]
+    print(markdown_table(["variant", "schedule", "images", "FLOPs red.", "KL", "agreement"], rows))
+    pick = result.pick
+    print(
+        f"\npick: {pick.variant} with its schedule {pick.schedule_from}: FLOPs reduction "
+        f"{pick.flops_reduction:.2%}, mean KL {pick.kl:.4g}, top-1 agreement {pick.agreement:.2%} with the "
+        f"dense model on {source}; {len(result.candidates)} candidates in {result.seconds} s; written to "
+        f"{args.out} (use it with eval / bench / viz / export --recipe {args.out})"
+    )
+
+
+def _add_tune_args(tuning: argparse.ArgumentParser) -> None:
+    add_model_args(tuning)
+    add_data_args(
+        tuning, "Fashion-MNIST directory, or a folder of calibration images", splits=("val", "train")
+    )
+    add_runtime_args(tuning, device=None)
+    tuning.add_argument("--images", type=positive_int, default=500, help="calibration images (labels unread)")
+    tuning.add_argument("--methods", help="comma-separated methods to search (default: all)")
+    tuning.add_argument(
+        "--step",
+        type=positive_int,
+        help="tokens added per calibration move (default: about 4 %% of the tokens)",
+    )
+    tuning.add_argument(
+        "--out", default="recipe.json", help="recipe JSON to write (finished steps: OUT.tune/)"
+    )
+    tuning.add_argument("--overwrite", action="store_true", help="start the search again in OUT.tune/")
+    goal = tuning.add_argument_group("goal (exactly one)")
+    goal.add_argument("--flops-reduction", type=float, help="FLOPs-reduction target: the least KL there")
+    goal.add_argument(
+        "--max-kl", type=float, help="accuracy budget: the most FLOPs with mean KL at most this"
+    )
+    goal.add_argument(
+        "--min-agreement",
+        type=float,
+        help="accuracy budget: the most FLOPs with top-1 agreement at least this",
     )
 
 
@@ -842,6 +981,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_calibrate_args(calibration)
     calibration.set_defaults(run=cmd_calibrate)
+    tuning = commands.add_parser(
+        "tune", help="the best method, options and schedule for a FLOPs target or an accuracy budget"
+    )
+    _add_tune_args(tuning)
+    tuning.set_defaults(run=cmd_tune)
 
     demo = commands.add_parser("demo", help=f"the shipped {DEMO_MODEL} on Fashion-MNIST: a results table")
     add_data_args(demo, limit=f"test images to use (default {DEMO_LIMIT:,})")

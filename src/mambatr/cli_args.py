@@ -19,6 +19,7 @@ import torch
 from mambatr.distributed import SINGLE, Context
 from mambatr.models import list_models
 from mambatr.reduction import METHODS, ReductionReport, apply
+from mambatr.reduction.recipe import Recipe
 from mambatr.reduction.schedule import MAX_FLOPS_REDUCTION, Schedule
 
 # The reduction flags that mean nothing without --method, besides each method's own options
@@ -188,6 +189,11 @@ def add_reduction_args(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="a schedule from `mambatr calibrate` (fixes the layers, counts and options)",
     )
+    group.add_argument(
+        "--recipe",
+        metavar="FILE",
+        help="a recipe from `mambatr tune` (fixes the method, options and schedule; no --method needed)",
+    )
     add_method_option_args(group)
 
 
@@ -252,6 +258,7 @@ class ReductionArgs:
     layers: list[int] | None = None
     schedule: str | None = None
     options: dict[str, object] = field(default_factory=dict)
+    recipe: str | None = None
 
     def apply(self, model: torch.nn.Module) -> ReductionReport:
         """Patch ``model``; the errors of ``mambatr.apply`` name the flags."""
@@ -263,6 +270,7 @@ class ReductionArgs:
                 ratio=self.ratio,
                 layers=self.layers,
                 schedule=self.schedule,
+                recipe=self.recipe,
                 **self.options,
             )
 
@@ -272,6 +280,8 @@ def reduction_from(args: argparse.Namespace) -> ReductionArgs:
     indices, --option and the option flags typed and checked by the method's options spec."""
     given = [name for name in (*REDUCTION_FLAGS, *METHOD_OPTIONS) if getattr(args, name, None) is not None]
     method = getattr(args, "method", None)
+    if getattr(args, "recipe", None) is not None:
+        return recipe_reduction(args.recipe, method, given, args.model)
     if method is None:
         if given:
             flags = " / ".join(map(flag, given))
@@ -300,6 +310,21 @@ def reduction_from(args: argparse.Namespace) -> ReductionArgs:
         schedule=schedule,
         options=options,
     )
+
+
+def recipe_reduction(path: str, method: str | None, given: list[str], model: str) -> ReductionArgs:
+    """--recipe: the method and schedule ``mambatr tune`` chose, for --model; no other reduction flag."""
+    if given:
+        raise ValueError(f"--recipe fixes the method, options and schedule; do not give {flag(given[0])}")
+    recipe = Recipe.load(path)
+    if method not in (None, recipe.method):
+        raise ValueError(f"--recipe {path}: this recipe chose {recipe.method}, not --method {method}")
+    if recipe.model != model:
+        raise ValueError(
+            f"--recipe {path}: this recipe was tuned for {recipe.model}, not for --model {model}: "
+            f"run `mambatr tune --model {model}`"
+        )
+    return ReductionArgs(method=recipe.method, recipe=path)
 
 
 def check_schedule(path: str, method: str, model: str, given: list[str]) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 from mambatr.flops import count_flops
 from mambatr.models.backbone import ReducibleBackbone, Reduction
 from mambatr.reduction.base import ReductionMethod
+from mambatr.reduction.recipe import Recipe
 from mambatr.reduction.registry import build_method
 from mambatr.reduction.schedule import (
     Schedule,
@@ -51,20 +52,28 @@ def backbone_of(model: nn.Module) -> ReducibleBackbone:
 
 def apply(
     model: nn.Module,
-    method: str = "mtr",
+    method: str | None = None,
     flops_reduction: float | None = None,
     *,
     layers: Sequence[int] | None = None,
     ratio: float | None = None,
     schedule: Schedule | str | Path | None = None,
+    recipe: Recipe | str | Path | None = None,
     **options: object,
 ) -> ReductionReport:
-    """Patch ``model`` in place to reduce tokens. Give one of: a FLOPs target, the method's ratio, or a
-    ``schedule`` (a :class:`Schedule` or its JSON file, e.g. from ``mambatr calibrate``)."""
+    """Patch ``model`` in place to reduce tokens. Give one of: a FLOPs target, the method's ratio, a
+    ``schedule`` (a :class:`Schedule` or its JSON file, e.g. from ``mambatr calibrate``) or a ``recipe``
+    (a :class:`Recipe` or its file, from ``mambatr tune``). ``method`` defaults to MTR, or to the
+    schedule's or recipe's own."""
     backbone = backbone_of(model)
     config = backbone.config
+    if recipe is not None:
+        if schedule is not None:
+            raise ValueError("give a schedule or a recipe, not both")
+        schedule = (recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)).schedule
     if schedule is not None:
         return _apply_schedule(backbone, method, schedule, flops_reduction, layers, ratio, options)
+    method = method or "mtr"
     reducer = build_method(method, **options)
     if layers is None:
         layers = reducer.preferred_layers(config.depth) or default_layers(config.depth)
@@ -84,7 +93,7 @@ def apply(
 
 def _apply_schedule(
     backbone: ReducibleBackbone,
-    method: str,
+    method: str | None,
     schedule: Schedule | str | Path,
     flops_reduction: float | None,
     layers: Sequence[int] | None,
@@ -100,8 +109,9 @@ def _apply_schedule(
         raise ValueError(
             f"a schedule fixes layers, counts and options; do not also give {extra + sorted(options)}"
         )
-    if method != schedule.method:
+    if method not in (None, schedule.method):
         raise ValueError(f"the schedule is for method {schedule.method!r}, not {method!r}")
+    method = schedule.method
     schedule.check_fits(backbone.config)
     reducer = build_method(schedule.method, **schedule.options)
     removals = dict(sorted(schedule.removals.items()))

@@ -24,6 +24,8 @@ class ReductionMethod(ABC):
     max_amount: ClassVar[float] = 0.5
     # option -> its default and either the allowed values (a tuple) or the required type
     options: ClassVar[dict[str, tuple[object, tuple[object, ...] | type]]] = {}
+    # the options `mambatr tune` searches, each with the values it tries (measured to matter)
+    searchable: ClassVar[dict[str, tuple[object, ...]]] = {}
 
     def __init__(self, **options: object) -> None:
         unknown = set(options) - set(self.options)

@@ -14,8 +14,10 @@ passes over the calibration images.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +44,38 @@ def mean_kl(dense_log_probs: torch.Tensor, logits: torch.Tensor) -> float:
     return float((dense_log_probs.exp() * (dense_log_probs - reduced)).sum(-1).mean())
 
 
+def agreement(dense_log_probs: torch.Tensor, logits: torch.Tensor) -> float:
+    """Share of images whose top-1 class is the dense model's."""
+    return float((logits.argmax(-1) == dense_log_probs.argmax(-1)).double().mean())
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An accuracy budget against the dense model on the calibration images (no labels): mean KL at
+    most ``max_kl`` and / or top-1 agreement at least ``min_agreement``."""
+
+    max_kl: float | None = None
+    min_agreement: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_kl is None and self.min_agreement is None:
+            raise ValueError("an accuracy budget needs max_kl or min_agreement")
+        if self.max_kl is not None and not (math.isfinite(self.max_kl) and self.max_kl > 0):
+            raise ValueError(f"max_kl must be a positive number, got {self.max_kl}")
+        if self.min_agreement is not None and not 0.0 < self.min_agreement <= 1.0:
+            raise ValueError(f"min_agreement must be in (0, 1], got {self.min_agreement}")
+
+    def keeps(self, kl: float, agreement: float) -> bool:
+        return (self.max_kl is None or kl <= self.max_kl) and (
+            self.min_agreement is None or agreement >= self.min_agreement
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+
 @torch.inference_mode()
-def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def batched_logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([model(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
 
 
@@ -59,9 +91,12 @@ def search(
     step: int,
     progress: bool = True,
     accept: Callable[[dict[int, int]], None] | None = None,
+    keeps: Callable[[dict[int, int], float], bool] | None = None,
 ) -> tuple[dict[int, int], float, int]:
     """Greedy (layer, count) search; returns the removals, their objective and the evaluations spent.
-    ``accept`` hears of each move kept (the prefix cache re-records from it)."""
+    ``accept`` hears of each move kept (the prefix cache re-records from it). ``keeps(move, objective)``
+    False ends the search before that move (an accuracy budget): the target is then a ceiling, and a
+    search that can go no further returns what it has instead of failing."""
     if not 0.0 < target < MAX_FLOPS_REDUCTION:
         raise ValueError(f"flops_reduction must be in (0, {MAX_FLOPS_REDUCTION}), got {target}")
     if step < 1:
@@ -84,15 +119,19 @@ def search(
         if best is None and len(layers) < len(last_cost):  # the lazy candidates are exhausted: try all
             layers = sorted(last_cost, key=last_cost.get)
             best = _best_move(config, method, removals, layers, step, target, objective, achieved, current)
+        if best is None and keeps is not None:
+            break
         if best is None:
             raise ValueError(
                 f"{method.name}: no schedule reaches {target:.1%} FLOPs reduction "
                 f"(stuck at {achieved:.1%}); choose a smaller target"
             )
+        evaluations += len(best[0])
+        if keeps is not None and not keeps(best[2], best[1]):
+            break
         costs, current, removals = best
         if accept is not None:
             accept(removals)
-        evaluations += len(costs)
         last_cost.update(costs)
         for layer in set(layers) - set(costs):  # no valid move there any more
             last_cost[layer] = float("inf")
@@ -175,6 +214,7 @@ def calibrate(
     step: int | None = None,
     batch_size: int = 256,
     cache_bytes: int | None = DEFAULT_CACHE_BYTES,
+    budget: Budget | None = None,
     model_name: str = "",
     source: str = "",
     command: str = "",
@@ -185,6 +225,7 @@ def calibrate(
     closest to the dense model's. ``step``: tokens added per move (default about 4 % of the tokens).
     ``cache_bytes``: memory for the prefix cache (each trial runs only the blocks it changes; the same
     schedule as without it); None runs every trial through the whole model (the reference).
+    ``budget``: stop before the first move that breaks it; ``flops_reduction`` is then a ceiling.
     ``images`` only (no labels); the model is left as it was."""
     backbone = backbone_of(model)
     config = backbone.config
@@ -198,20 +239,30 @@ def calibrate(
     try:
         backbone.reduction = None
         if cache_bytes is None:
-            dense = F.log_softmax(_logits(model, images, batch_size), dim=-1)
+            dense_logits, accept = batched_logits(model, images, batch_size), None
 
-            def objective(removals: dict[int, int]) -> float:
+            def trial_logits(removals: dict[int, int]) -> torch.Tensor:
                 backbone.reduction = Reduction(reducer, {k: v for k, v in removals.items() if v})
-                return mean_kl(dense, _logits(model, images, batch_size))
+                return batched_logits(model, images, batch_size)
 
-            accept = None
         else:
             cache = PrefixCache(backbone, reducer, images, batch_size, cache_bytes)
-            dense = F.log_softmax(cache.dense_logits, dim=-1)
-            objective, accept = (lambda removals: mean_kl(dense, cache.logits(removals))), cache.accept
+            dense_logits, trial_logits, accept = cache.dense_logits, cache.logits, cache.accept
+        dense = F.log_softmax(dense_logits, dim=-1)
+        agreements: dict[tuple, float] = {}  # top-1 agreement of every trial, for the budget
+
+        def objective(removals: dict[int, int]) -> float:
+            logits = trial_logits(removals)
+            agreements[tuple(sorted(removals.items()))] = agreement(dense, logits)
+            return mean_kl(dense, logits)
+
+        def keeps(move: dict[int, int], kl: float) -> bool:
+            return budget.keeps(kl, agreements[tuple(sorted(move.items()))])
+
         removals, kl, evaluations = search(
-            config, reducer, flops_reduction, objective, step, progress, accept
+            config, reducer, flops_reduction, objective, step, progress, accept, keeps if budget else None
         )
+        kept_agreement = agreements.get(tuple(sorted(removals.items())), 1.0)
     finally:
         backbone.reduction = previous
     return Schedule(
@@ -229,6 +280,8 @@ def calibrate(
             "step": step,
             "evaluations": evaluations,
             "seconds": round(time.perf_counter() - start, 1),
+            "agreement": kept_agreement,
+            **({"budget": budget.to_dict()} if budget is not None else {}),
         },
         command=command,
     )

@@ -33,6 +33,7 @@ class EViT(ReductionMethod):
         "fuse": (False, bool),
         "indicator": ("cls", ("cls", "clip")),
     }
+    searchable = {"fuse": (False, True)}
 
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         n = tokens - int(has_cls)

@@ -47,6 +47,7 @@ class HSA(ReductionMethod):
         "gated": (True, bool),
         "preset": ("none", ("none", *PRESETS)),
     }
+    searchable = {"align": (True, False)}
 
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return tokens - int(has_cls) - 1

@@ -79,6 +79,7 @@ class MTR(ReductionMethod):
         "weights": ("mean", ("mean", "size")),
         "seed": (0, int),
     }
+    searchable = {"indicator": ("delta", "delta_b", "norm"), "strategy": ("merge", "prune", "hybrid")}
 
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return (tokens - int(has_cls) - 1) // 2  # keep and source both hold c tokens, one target at least

@@ -32,6 +32,7 @@ class PuMer(ReductionMethod):
         "prune_first": (False, bool),
         "prune_share": (0.5, float),
     }
+    searchable = {"prune_first": (False, True)}
 
     def __init__(self, **options: object) -> None:
         super().__init__(**options)

@@ -57,6 +57,7 @@ class STM(ReductionMethod):
     name = "stm"
     max_amount = 64.0  # the amount is k, the tokens merged per side per layer
     options = {"protect": (True, bool)}
+    searchable = {"protect": (True, False)}
 
     def preferred_layers(self, depth: int) -> list[int] | None:
         return list(range(depth - 1))  # every layer: after block 0 there is a previous layer's delta / B

@@ -39,6 +39,7 @@ class ToMe(ReductionMethod):
         "metric": ("hidden", ("hidden", "clipped")),
         "preset": ("none", ("none", "rmeeto")),
     }
+    searchable = {"metric": ("hidden", "clipped")}
 
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return alternate_max_removal(tokens, has_cls)

@@ -62,6 +62,7 @@ class UTR(ReductionMethod):
         "metric": ("hidden", ("hidden", "clipped")),
         "rest": ("keep", ("keep", "zero")),
     }
+    searchable = {"metric": ("hidden", "clipped")}
 
     def max_removal(self, tokens: int, has_cls: bool) -> int:
         return (tokens - int(has_cls)) // 2  # the less important half
