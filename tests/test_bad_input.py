@@ -114,6 +114,14 @@ def test_a_symlink_is_followed_and_kept(tmp_path):
         write_text_atomic(loop, "x")
 
 
+def test_the_folder_of_a_result_file_is_created(tmp_path):
+    """check_writable_file accepts a file in a folder that could be created; the write creates it."""
+    out = tmp_path / "new" / "deeper" / "s.json"
+    check_writable_file(out, "--out")
+    write_text_atomic(out, "{}")
+    assert out.read_text() == "{}"
+
+
 def test_a_failed_write_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     out = tmp_path / "result.json"
     out.write_text("old")

@@ -95,13 +95,15 @@ class OutputWriteError(OSError):
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary name beside ``path`` (same suffix, so writers that go by it still do) to write to;
-    renamed onto ``path`` when the block succeeds, deleted when it fails. ``path`` must be a regular
-    file or not exist (a symbolic link: what it points to, which is replaced; the link stays): checked
-    before the block runs. An OSError while writing becomes an ``OutputWriteError`` naming ``path``."""
+    renamed onto ``path`` when the block succeeds, deleted when it fails; its folder is created if
+    need be. ``path`` must be a regular file or not exist (a symbolic link: what it points to, which
+    is replaced; the link stays): checked before the block runs. An OSError while writing becomes an
+    ``OutputWriteError`` naming ``path``."""
     path = Path(path)
     target = replaceable_target(path)
     temporary = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)  # as check_writable_file found it could be
         yield temporary
         os.replace(temporary, target)
     except OutputWriteError:
