@@ -419,6 +419,10 @@ def test_symlink_loops_and_files_reached_twice_are_refused(tmp_path):
     with pytest.raises(DatasetError, match=r"b/also.jpg and \S+a/0.jpg are the same file"):
         ImageFolder(tmp_path)
     (tmp_path / "b" / "also.jpg").unlink()
+    os.link(tmp_path / "b" / "0.jpg", tmp_path / "b" / "hard.jpg")
+    with pytest.raises(DatasetError, match=r"b/hard.jpg and \S+b/0.jpg are the same file"):
+        ImageFolder(tmp_path)
+    (tmp_path / "b" / "hard.jpg").unlink()
     (tmp_path / "b" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     with pytest.raises(DatasetError, match=r"b/gone.jpg: No such file or directory \(a broken symbolic link"):
         ImageFolder(tmp_path)
