@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tqdm import tqdm
+
 # Bad input from the user: the API's errors for it are ValueErrors (CheckpointError, DatasetError, an
 # unknown model, ...) or a FileNotFoundError. Anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError)
@@ -37,6 +39,7 @@ def one_line_errors(args: argparse.Namespace) -> Iterator[None]:
     try:
         yield
     except (*USER_ERRORS, KeyboardInterrupt, OSError) as error:
+        _close_progress_bars()
         status, message = _ending(error)
         context = args.context
         rank = f" (rank {context.rank})" if context.distributed else ""
@@ -54,6 +57,13 @@ def _ending(error: BaseException) -> tuple[int, str]:
         _silence_stdout()
         return BROKEN_PIPE, "output closed early (broken pipe); the rest was not written"
     return SYSTEM_REFUSED, f"error: {_os_message(error)}"
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars an error left open (a loop that was not a ``with`` block), so the line is
+    not glued to the end of a bar on stderr."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _os_message(error: OSError) -> str:

@@ -13,6 +13,7 @@ it) and the link is kept; what it points to must itself be a regular file or not
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -111,8 +112,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as error:
         reason = error.strerror or str(error)
         raise OutputWriteError(error.errno, f"cannot write {path}: {reason}") from error
+    except RuntimeError as error:  # torch.save's C++ writer reports a full disk without its errno
+        if not _disk_full(target.parent):
+            raise
+        raise OutputWriteError(errno.ENOSPC, f"cannot write {path}: {os.strerror(errno.ENOSPC)}") from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def _disk_full(folder: Path) -> bool:
+    """No block left for us on ``folder``'s file system (checked while the failed write still holds its
+    blocks)."""
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
