@@ -1,20 +1,28 @@
-"""GPU figures for impl="triton", in one run: the kernels checked against the reference on the GPU,
-scan/conv kernel times, ViM-S dense images/s at batch 64 and 128 (triton vs the PyTorch path, and
-mamba_ssm when it imports), one vim_fmnist training step, and the reduced ViM-S models' speed-ups
-for every method at 20 / 30 / 40 % with HSA aligned and unaligned (triton kernels, batch 64).
+"""GPU figures for impl="triton", in one run (what benchmarks/gpu_session.sh runs): the kernels checked
+against the reference on the GPU first (values and every gradient, float32 and bfloat16, with and
+without gaps, both scan directions), scan/conv kernel times for one ViM-S layer at batch 64, ViM-S
+dense images/s at batch 1, 64 and 128 (float32 and bfloat16 autocast; triton vs the PyTorch path,
+and mamba_ssm when it imports), the reduced ViM-S models' speed-ups for every method at 20 / 30 /
+40 % with HSA aligned and unaligned (batch 64), and one vim_fmnist_p2 training step.
 
     python benchmarks/triton_gpu.py --json docs/results/triton_gpu.json
 
-Random weights (speed does not depend on them), float32. ``--smoke`` runs every section at toy sizes
-(a 16x16 two-block Vim, one timed run) to check the script itself, on a CPU too:
+Random weights (speed does not depend on them). ``--budget S`` starts no section after S seconds
+(the rest are recorded as skipped); the JSON is rewritten after every section, so a run cut short
+keeps what it measured. ``--smoke`` runs every section at toy sizes (a 12x12 two-block Vim, one
+timed run) to check the script itself, on a CPU too:
 ``TRITON_INTERPRET=1 python benchmarks/triton_gpu.py --smoke --device cpu``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime
+import itertools
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +37,12 @@ from mambatr.ops.dispatch import cuda_package_available
 from mambatr.table import markdown_table
 
 METHODS = ("mtr", "hsa", "stm", "utr", "evit", "pumer", "tome")
-TOY = dict(img_size=16, patch_size=4, stride=4, embed_dim=16, depth=2, num_classes=5, d_state=4)
+TOY = dict(img_size=12, patch_size=4, stride=4, embed_dim=8, depth=2, num_classes=5, d_state=2)
+# the check's bound on max error / max(1, max |reference|): float32 exp and division lower to the GPU's
+# approximate ex2.approx.f32 / div.full.f32 (about 2 ulp each, PTX ISA), which the interpreter computes
+# exactly; over a few dozen recurrence steps that stays far below 1e-4. bfloat16: the inputs' rounding
+BOUNDS = {"torch.float32": 1e-4, "torch.bfloat16": 5e-2}
+PRECISIONS = {"float32": None, "bfloat16 autocast": torch.bfloat16}
 
 
 def sync(device: torch.device) -> None:
@@ -73,40 +86,52 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def check_kernels(device: torch.device, smoke: bool) -> list[dict]:
-    """Triton against the reference loops on this device: values and every gradient, float32 and bf16."""
+    """Triton against the reference loops on this device: values and every gradient, float32 and
+    bfloat16, scan with and without gaps in both directions, the conv with and without SiLU."""
     batch, length, E, N = (2, 5, 12, 4) if smoke else (2, 37, 70, 16)
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
-        for reverse in (False, True):
-            inputs = scan_inputs(batch, length, E, N, device, gap=True)
-            gap = inputs.pop("gap")
-            low = {k: v.to(dtype) if v.dim() == 3 else v for k, v in inputs.items()}  # activations rounded
-            grad_out = torch.randn(batch, length, E, device=device).to(dtype)
-            results = []
-            for impl, cast in (("reference", torch.Tensor.float), ("triton", torch.Tensor.clone)):
-                leaves = {k: cast(v).detach().requires_grad_() for k, v in low.items()}
-                y = selective_scan(**leaves, gap=gap, delta_softplus=True, reverse=reverse, impl=impl)
-                grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(y.dtype))
-                results.append((y, grads))
-            (y_ref, g_ref), (y, grads) = results
-            worst = max(relative_error(a, b) for a, b in zip(grads, g_ref, strict=True))
-            case = f"scan B{batch} L{length} E{E} N{N} gap reverse={reverse}"
-            rows.append(dict(case=case, dtype=str(dtype), y=relative_error(y, y_ref), grads=worst))
-    for silu, reverse in ((True, False), (False, True)):
+    for dtype, gapped, reverse in itertools.product(
+        (torch.float32, torch.bfloat16), (True, False), (False, True)
+    ):
+        inputs = scan_inputs(batch, length, E, N, device, gap=gapped)
+        gap = inputs.pop("gap")
+        low = {k: v.to(dtype) if v.dim() == 3 else v for k, v in inputs.items()}  # activations rounded
+        grad_out = torch.randn(batch, length, E, device=device).to(dtype)
+        results = []
+        for impl, cast in (("reference", torch.Tensor.float), ("triton", torch.Tensor.clone)):
+            leaves = {k: cast(v).detach().requires_grad_() for k, v in low.items()}
+            y = selective_scan(**leaves, gap=gap, delta_softplus=True, reverse=reverse, impl=impl)
+            grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(y.dtype))
+            results.append((y, grads))
+        (y_ref, g_ref), (y, grads) = results
+        worst = max(relative_error(a, b) for a, b in zip(grads, g_ref, strict=True))
+        case = f"scan B{batch} L{length} E{E} N{N} gap={gapped} reverse={reverse}"
+        rows.append(_checked(case, dtype, relative_error(y, y_ref), worst))
+    for dtype, (silu, reverse) in itertools.product(
+        (torch.float32, torch.bfloat16), ((True, False), (False, True))
+    ):
         g = torch.Generator().manual_seed(1)
         x, w, b = (torch.randn(*s, generator=g).to(device) for s in ((batch, length, E), (E, 4), (E,)))
-        grad_out = torch.randn(x.shape, generator=g).to(device)
+        x = x.to(dtype)  # rounded input; the reference runs in float32 on the same values
+        grad_out = torch.randn(x.shape, generator=g).to(device).to(dtype)
         outs = []
-        for impl in ("reference", "triton"):
-            leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        for impl, cast in (("reference", torch.Tensor.float), ("triton", torch.Tensor.clone)):
+            leaves = [
+                cast(x).detach().requires_grad_(),
+                w.clone().requires_grad_(),
+                b.clone().requires_grad_(),
+            ]
             y = causal_conv1d(*leaves, silu=silu, reverse=reverse, impl=impl)
-            outs.append((y, torch.autograd.grad(y, leaves, grad_out)))
+            outs.append((y, torch.autograd.grad(y, leaves, grad_out.to(y.dtype))))
         worst = max(relative_error(a, b) for a, b in zip(outs[1][1], outs[0][1], strict=True))
         case = f"conv B{batch} L{length} E{E} K4 silu={silu} reverse={reverse}"
-        rows.append(
-            dict(case=case, dtype="torch.float32", y=relative_error(outs[1][0], outs[0][0]), grads=worst)
-        )
+        rows.append(_checked(case, dtype, relative_error(outs[1][0], outs[0][0]), worst))
     return rows
+
+
+def _checked(case: str, dtype: torch.dtype, y: float, grads: float) -> dict:
+    bound = BOUNDS[str(dtype)]
+    return dict(case=case, dtype=str(dtype), y=y, grads=grads, bound=bound, ok=max(y, grads) < bound)
 
 
 def impls(device: torch.device, *packages: str) -> list[str]:
@@ -148,27 +173,32 @@ def make_model(name: str, smoke: bool, device: torch.device) -> torch.nn.Module:
     return model.to(device)
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """bfloat16 autocast on ``device`` (what mixed-precision users run), or nothing for float32."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def dense(device: torch.device, smoke: bool, warmup: int, runs: int) -> list[dict]:
-    """ViM-S dense forward images/s at batch 64 and 128 for each implementation."""
+    """ViM-S dense forward images/s at batch 1, 64 and 128, float32 and bfloat16 autocast, per impl."""
     model = make_model("vim_small", smoke, device)
     config = model.config
     rows = []
-    for batch in (2, 4) if smoke else (64, 128):
+    for batch, (precision, dtype) in itertools.product((1, 2) if smoke else (1, 64, 128), PRECISIONS.items()):
         images = torch.randn(batch, config.in_chans, config.img_size, config.img_size, device=device)
         for impl in impls(device):
             model.scan_impl = impl
-            rate = throughput(model, images, warmup, runs)["images_per_s"]
-            rows.append(
-                dict(model="toy" if smoke else "vim_small", batch=batch, impl=impl, images_per_s=rate)
-            )
+            with autocast(device, dtype):
+                rate = throughput(model, images, warmup, runs)["images_per_s"]
+            name = "toy" if smoke else "vim_small"
+            rows.append(dict(model=name, batch=batch, precision=precision, impl=impl, images_per_s=rate))
     return rows
 
 
 def training(device: torch.device, smoke: bool, warmup: int, runs: int) -> list[dict]:
-    """One vim_fmnist training step (AdamW at learning rate 0, batch 128): ms and images/s."""
-    model = make_model("vim_fmnist", smoke, device).train()
+    """One vim_fmnist_p2 training step (AdamW at learning rate 0, batch 128): ms and images/s."""
+    model = make_model("vim_fmnist_p2", smoke, device).train()
     config = model.config
-    batch = 4 if smoke else 128
+    batch = 2 if smoke else 128
     images = torch.randn(batch, config.in_chans, config.img_size, config.img_size, device=device)
     labels = torch.randint(0, config.num_classes, (batch,), device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)
@@ -185,7 +215,7 @@ def training(device: torch.device, smoke: bool, warmup: int, runs: int) -> list[
         ms = median_ms(step, device, warmup, runs)
         rows.append(
             dict(
-                model="toy" if smoke else "vim_fmnist",
+                model="toy" if smoke else "vim_fmnist_p2",
                 batch=batch,
                 impl=impl,
                 step_ms=ms,
@@ -201,7 +231,7 @@ def reduced(device: torch.device, smoke: bool, warmup: int, runs: int) -> list[d
     model = make_model("vim_small", smoke, device).eval()
     model.scan_impl = "triton"
     config = model.config
-    batch = 2 if smoke else 64
+    batch = 1 if smoke else 64
     images = torch.randn(batch, config.in_chans, config.img_size, config.img_size, device=device)
     variants = [(m, {}) for m in METHODS] + [("hsa", {"align": False})]
     rows = []
@@ -246,12 +276,12 @@ SECTIONS = {
     ),
     "kernels": ("kernels: one ViM-S layer direction (ms, median)", kernel_times),
     "dense": ("ViM-S dense forward", dense),
-    "training": ("vim_fmnist training step", training),
     "reduced": ("reduced ViM-S, batch 64, triton", reduced),
+    "training": ("vim_fmnist_p2 training step", training),
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -259,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="toy sizes, one run: checks the script")
-    parser.add_argument("--json", type=Path, help="also write every row here")
+    parser.add_argument("--json", type=Path, help="also write every row here (after every section)")
+    parser.add_argument("--budget", type=float, help="seconds: start no section after this many")
     parser.add_argument(
         "--sections",
         default=",".join(SECTIONS),
@@ -271,27 +302,44 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"--sections: unknown {unknown}; expected a subset of {list(SECTIONS)}")
     device = torch.device(args.device)
-    warmup, runs = (1, 1) if args.smoke else (args.warmup, args.runs)
+    warmup, runs = (0, 1) if args.smoke else (args.warmup, args.runs)
     import triton
 
+    start = time.perf_counter()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (Triton interpreter)"
-    print(
-        f"{name}, torch {torch.__version__}, triton {triton.__version__}, backends {backend_info(device)}\n"
+    info = backend_info(device)
+    print(f"{name}, torch {torch.__version__}, triton {triton.__version__}, backends {info}\n", flush=True)
+    results = dict(
+        device=name,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        torch=torch.__version__,
+        triton=triton.__version__,
+        backends=info,
+        smoke=args.smoke,
+        sections={},
     )
-    results = {"device": name}
     for key in chosen:
         title, measure = SECTIONS[key]
-        rows = (
-            measure(device, args.smoke)
-            if measure is check_kernels
-            else measure(device, args.smoke, warmup, runs)
-        )
-        results[title] = rows
-        print(f"## {title}\n\n{table(rows)}\n", flush=True)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        if args.budget is not None and time.perf_counter() - start > args.budget:
+            results["sections"][title] = dict(skipped=f"past the {args.budget:.0f} s budget")
+            print(f"## {title}\n\nskipped: past the {args.budget:.0f} s budget\n", flush=True)
+        else:
+            began = time.perf_counter()
+            rows = (
+                measure(device, args.smoke) if key == "check" else measure(device, args.smoke, warmup, runs)
+            )
+            results["sections"][title] = dict(seconds=time.perf_counter() - began, rows=rows)
+            print(f"## {title}\n\n{table(rows)}\n", flush=True)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    checked = results["sections"].get(SECTIONS["check"][0], {}).get("rows", [])
+    failed = [r["case"] + " " + r["dtype"] for r in checked if not r["ok"]]
+    if failed:
+        print(f"CHECK FAILED (over the bound): {failed}", flush=True)
+    print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
