@@ -255,3 +255,37 @@ def test_the_prefix_cache_runs_fewer_blocks_and_keeps_what_its_budget_holds():
     assert cache.blocks_run - run == 2  # blocks 4 and 5 only
     model.reduction = Reduction(build_method("mtr"), trial)
     assert torch.equal(logits, model(x).double())
+
+
+class StopAfter:
+    """A store that stops the search (as Ctrl-C would) at its ``rounds``-th save; keeps what it saved."""
+
+    def __init__(self, rounds: int | None) -> None:
+        self.cells: dict[str, object] = {}
+        self.rounds, self.saves = rounds, 0
+
+    def done(self, key: str) -> object | None:
+        return self.cells.get(key)
+
+    def save(self, key: str, result: object) -> object:
+        self.saves += 1
+        self.cells[key] = json.loads(json.dumps(result))  # as a run folder reads it back (inf included)
+        if self.saves == self.rounds:
+            raise KeyboardInterrupt
+        return self.cells[key]
+
+
+@pytest.mark.parametrize("cache_bytes", [None, 2**30])
+def test_an_interrupted_calibration_resumes_to_the_same_schedule(cache_bytes):
+    model, x = tiny_model(), images(count=4)
+    common = dict(step=3, cache_bytes=cache_bytes, progress=False)
+    whole = mambatr.calibrate(model, "utr", 0.3, x, **common)
+    store = StopAfter(rounds=3)
+    with pytest.raises(KeyboardInterrupt):
+        mambatr.calibrate(model, "utr", 0.3, x, store=store, **common)
+    assert store.cells["search"]["rounds"] == 3
+    store.rounds = None
+    resumed = mambatr.calibrate(model, "utr", 0.3, x, store=store, **common)
+    assert resumed.removals == whole.removals and resumed.objective == whole.objective
+    assert resumed.calibration["evaluations"] == whole.calibration["evaluations"]
+    assert resumed.calibration["agreement"] == whole.calibration["agreement"]

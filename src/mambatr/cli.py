@@ -616,27 +616,62 @@ def cmd_probe(args: argparse.Namespace) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+def _search_folder(
+    args: argparse.Namespace, which: ModelArgs, inputs: DataArgs, command: str, goal: dict
+) -> tuple[RunFolder, dict]:
+    """A long search's run folder beside --out (OUT.<command>/: its finished steps, so a killed run
+    continues) and the provenance its result records."""
+    record = provenance(
+        which.model,
+        which.checkpoint,
+        data=inputs.data,
+        split=inputs.split,
+        limit=args.images,
+        command=command_line(args.argv),
+    )
+    manifest = {
+        "--model": which.model,
+        "--checkpoint": record["weights_sha256"],
+        "--data": record["data"],
+        "--split": inputs.split,
+        "--images": args.images,
+        "--batch-size": inputs.batch_size,
+        "--step": args.step,
+        **goal,
+    }
+    folder = Path(args.out).with_suffix(f".{command}")
+    run = RunFolder(
+        folder, command, manifest, overwrite=args.overwrite, provenance=record, what="--out's folder"
+    )
+    return run, record
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     """Find a schedule (layers and counts) for a method and FLOPs target on unlabeled images."""
     which, inputs, run = typed(args)
     reduction = reduction_from(args)
     check_writable_file(args.out, "--out")
-    run.start()
-    model = _load_model(which)
-    images, source = calibration_images(which.model, inputs, args.images, model)
-    with flag_names(("flops_reduction", "step")):
-        schedule = calibrate(
-            model,
-            reduction.method,
-            reduction.flops_reduction,
-            images,
-            step=args.step,
-            batch_size=inputs.batch_size,
-            model_name=which.model,
-            source=source,
-            command="mambatr " + " ".join(sys.argv[1:]),
-            **reduction.options,
-        )
+    goal = {"--method": reduction.method, "--flops-reduction": reduction.flops_reduction}
+    folder, record = _search_folder(args, which, inputs, "calibrate", {**goal, "options": reduction.options})
+    with folder:
+        run.start()
+        model = _load_model(which)
+        images, source = calibration_images(which.model, inputs, args.images, model)
+        with flag_names(("flops_reduction", "step")):
+            schedule = calibrate(
+                model,
+                reduction.method,
+                reduction.flops_reduction,
+                images,
+                step=args.step,
+                batch_size=inputs.batch_size,
+                store=folder,
+                model_name=which.model,
+                source=source,
+                command=record["command"],
+                **reduction.options,
+            )
+    schedule.calibration["provenance"] = record
     schedule.save(args.out)
     if run.json:
         print(json.dumps(schedule.to_dict(), indent=2))
@@ -673,33 +708,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
                 f"flops_reduction must be in (0, {MAX_FLOPS_REDUCTION}), got {args.flops_reduction}"
             )
     check_writable_file(args.out, "--out")
-    command = command_line(args.argv)
-    record = provenance(
-        which.model,
-        which.checkpoint,
-        data=inputs.data,
-        split=inputs.split,
-        limit=args.images,
-        command=command,
+    folder, record = _search_folder(
+        args, which, inputs, "tune", {"--methods": methods, **{name: goals[name] for name in given}}
     )
-    cells = Path(args.out).with_suffix(".tune")
-    manifest = {
-        "--model": which.model,
-        "--checkpoint": record["weights_sha256"],
-        "--data": record["data"],
-        "--split": inputs.split,
-        "--images": args.images,
-        "--methods": methods,
-        "--batch-size": inputs.batch_size,
-        "--step": args.step,
-        **{name: goals[name] for name in given},
-    }
-    run.start()
-    model = _load_model(which)
-    images, source = calibration_images(which.model, inputs, args.images, model)
-    with RunFolder(
-        cells, "tune", manifest, overwrite=args.overwrite, provenance=record, what="--out's folder"
-    ) as folder:
+    command = record["command"]
+    with folder:
+        run.start()
+        model = _load_model(which)
+        images, source = calibration_images(which.model, inputs, args.images, model)
         result = tune_search(
             model,
             images,
@@ -856,7 +872,12 @@ def _add_calibrate_args(calibration: argparse.ArgumentParser) -> None:
     calibration.add_argument(
         "--step", type=positive_int, help="tokens added per search move (default: about 4 %% of the tokens)"
     )
-    calibration.add_argument("--out", default="schedule.json", help="schedule JSON to write")
+    calibration.add_argument(
+        "--out", default="schedule.json", help="schedule JSON to write (the search's state: OUT.calibrate/)"
+    )
+    calibration.add_argument(
+        "--overwrite", action="store_true", help="start the search again in OUT.calibrate/"
+    )
     group = calibration.add_argument_group("token reduction")
     group.add_argument("--method", required=True, choices=sorted(METHODS), help="reduction method")
     group.add_argument(

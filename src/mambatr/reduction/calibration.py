@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +84,48 @@ LAZY_CANDIDATES = 4
 FULL_ROUND_EVERY = 4
 
 
+class Store(Protocol):
+    """Where a long search keeps its finished steps (``mambatr.runs.RunFolder`` is one)."""
+
+    def done(self, key: str) -> object | None: ...
+
+    def save(self, key: str, result: object) -> object: ...
+
+
+@dataclass
+class SearchState:
+    """Where a greedy search stands after a round: enough to continue it exactly (a resumed calibration)."""
+
+    removals: dict[int, int]
+    objective: float
+    evaluations: int
+    rounds: int
+    last_cost: dict[int, float]  # each layer's KL cost per FLOPs point when last evaluated (inf: no move)
+
+    @classmethod
+    def start(cls, depth: int) -> SearchState:
+        return cls({}, 0.0, 0, 0, {layer: 0.0 for layer in range(depth - 1)})
+
+    def to_dict(self) -> dict:
+        return {
+            "removals": {str(k): v for k, v in self.removals.items()},
+            "objective": self.objective,
+            "evaluations": self.evaluations,
+            "rounds": self.rounds,
+            "last_cost": {str(k): v for k, v in self.last_cost.items()},  # JSON writes inf as Infinity
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SearchState:
+        return cls(
+            {int(k): v for k, v in data["removals"].items()},
+            data["objective"],
+            data["evaluations"],
+            data["rounds"],
+            {int(k): float(v) for k, v in data["last_cost"].items()},
+        )
+
+
 def search(
     config: BackboneConfig,
     method: ReductionMethod,
@@ -92,18 +135,24 @@ def search(
     progress: bool = True,
     accept: Callable[[dict[int, int]], None] | None = None,
     keeps: Callable[[dict[int, int], float], bool] | None = None,
+    state: SearchState | None = None,
+    checkpoint: Callable[[SearchState], None] | None = None,
 ) -> tuple[dict[int, int], float, int]:
     """Greedy (layer, count) search; returns the removals, their objective and the evaluations spent.
     ``accept`` hears of each move kept (the prefix cache re-records from it). ``keeps(move, objective)``
     False ends the search before that move (an accuracy budget): the target is then a ceiling, and a
-    search that can go no further returns what it has instead of failing."""
+    search that can go no further returns what it has instead of failing. ``checkpoint`` gets the
+    state after every round; a search started from a saved ``state`` continues as the saved one would."""
     if not 0.0 < target < MAX_FLOPS_REDUCTION:
         raise ValueError(f"flops_reduction must be in (0, {MAX_FLOPS_REDUCTION}), got {target}")
     if step < 1:
         raise ValueError(f"step must be >= 1 token, got {step}")
-    removals: dict[int, int] = {}
-    achieved, current, evaluations, rounds = 0.0, 0.0, 0, 0
-    last_cost = {layer: 0.0 for layer in range(config.depth - 1)}  # cost per point at its last evaluation
+    state = state or SearchState.start(config.depth)
+    removals, current, evaluations, rounds = state.removals, state.objective, state.evaluations, state.rounds
+    last_cost = state.last_cost  # each layer's cost per FLOPs point at its last evaluation
+    if removals and accept is not None:
+        accept(removals)
+    achieved = achieved_reduction(config, method, removals)
     bar = tqdm(
         total=round(100 * target, 1),
         desc="calibrating (FLOPs %)",
@@ -111,36 +160,43 @@ def search(
         disable=not progress,
         leave=False,
     )
-    while achieved < target - TOLERANCE:
-        layers = sorted(last_cost, key=last_cost.get)
-        if rounds % FULL_ROUND_EVERY:
-            layers = layers[:LAZY_CANDIDATES]
-        best = _best_move(config, method, removals, layers, step, target, objective, achieved, current)
-        if best is None and len(layers) < len(last_cost):  # the lazy candidates are exhausted: try all
+    bar.update(min(round(100 * achieved, 1), bar.total))  # a resumed search starts where it stood
+    try:  # closed however the search ends: a left-over bar would garble an error's one line
+        while achieved < target - TOLERANCE:
             layers = sorted(last_cost, key=last_cost.get)
+            if rounds % FULL_ROUND_EVERY:
+                layers = layers[:LAZY_CANDIDATES]
             best = _best_move(config, method, removals, layers, step, target, objective, achieved, current)
-        if best is None and keeps is not None:
-            break
-        if best is None:
-            raise ValueError(
-                f"{method.name}: no schedule reaches {target:.1%} FLOPs reduction "
-                f"(stuck at {achieved:.1%}); choose a smaller target"
-            )
-        evaluations += len(best[0])
-        if keeps is not None and not keeps(best[2], best[1]):
-            break
-        costs, current, removals = best
-        if accept is not None:
-            accept(removals)
-        last_cost.update(costs)
-        for layer in set(layers) - set(costs):  # no valid move there any more
-            last_cost[layer] = float("inf")
-        rounds += 1
-        achieved = achieved_reduction(config, method, removals)
-        # the bar shows the achieved reduction, at most the target: summed rounded gains drift, and a
-        # count past the total makes tqdm drop the total that bar_format prints (a crash, not a bar)
-        bar.update(min(round(100 * achieved, 1), bar.total) - bar.n)
-    bar.close()
+            if best is None and len(layers) < len(last_cost):  # the lazy candidates are exhausted: try all
+                layers = sorted(last_cost, key=last_cost.get)
+                best = _best_move(
+                    config, method, removals, layers, step, target, objective, achieved, current
+                )
+            if best is None and keeps is not None:
+                break
+            if best is None:
+                raise ValueError(
+                    f"{method.name}: no schedule reaches {target:.1%} FLOPs reduction "
+                    f"(stuck at {achieved:.1%}); choose a smaller target"
+                )
+            evaluations += len(best[0])
+            if keeps is not None and not keeps(best[2], best[1]):
+                break
+            costs, current, removals = best
+            if accept is not None:
+                accept(removals)
+            last_cost.update(costs)
+            for layer in set(layers) - set(costs):  # no valid move there any more
+                last_cost[layer] = float("inf")
+            rounds += 1
+            achieved = achieved_reduction(config, method, removals)
+            if checkpoint is not None:
+                checkpoint(SearchState(removals, current, evaluations, rounds, last_cost))
+            # the bar shows the achieved reduction, at most the target: summed rounded gains drift, and a
+            # count past the total makes tqdm drop the total that bar_format prints (a crash, not a bar)
+            bar.update(min(round(100 * achieved, 1), bar.total) - bar.n)
+    finally:
+        bar.close()
     return removals, current, evaluations
 
 
@@ -215,6 +271,7 @@ def calibrate(
     batch_size: int = 256,
     cache_bytes: int | None = DEFAULT_CACHE_BYTES,
     budget: Budget | None = None,
+    store: Store | None = None,
     model_name: str = "",
     source: str = "",
     command: str = "",
@@ -226,6 +283,8 @@ def calibrate(
     ``cache_bytes``: memory for the prefix cache (each trial runs only the blocks it changes; the same
     schedule as without it); None runs every trial through the whole model (the reference).
     ``budget``: stop before the first move that breaks it; ``flops_reduction`` is then a ceiling.
+    ``store`` (``done`` / ``save``, e.g. a ``mambatr.runs.RunFolder``) keeps the search's state after
+    every round: a killed calibration run again with the same store continues, to the same schedule.
     ``images`` only (no labels); the model is left as it was."""
     backbone = backbone_of(model)
     config = backbone.config
@@ -259,9 +318,21 @@ def calibrate(
         def keeps(move: dict[int, int], kl: float) -> bool:
             return budget.keeps(kl, agreements[tuple(sorted(move.items()))])
 
+        saved = store.done("search") if store is not None else None
         removals, kl, evaluations = search(
-            config, reducer, flops_reduction, objective, step, progress, accept, keeps if budget else None
+            config,
+            reducer,
+            flops_reduction,
+            objective,
+            step,
+            progress,
+            accept,
+            keeps if budget else None,
+            state=SearchState.from_dict(saved) if saved is not None else None,
+            checkpoint=(lambda state: store.save("search", state.to_dict())) if store is not None else None,
         )
+        if removals and tuple(sorted(removals.items())) not in agreements:  # a resumed search's last move
+            objective(removals)
         kept_agreement = agreements.get(tuple(sorted(removals.items())), 1.0)
     finally:
         backbone.reduction = previous

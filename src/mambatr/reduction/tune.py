@@ -28,7 +28,6 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ from tqdm import tqdm
 from mambatr.models.backbone import Reduction
 from mambatr.reduction.api import apply, backbone_of, remove
 from mambatr.reduction.base import ReductionMethod
-from mambatr.reduction.calibration import Budget, agreement, batched_logits, calibrate, mean_kl
+from mambatr.reduction.calibration import Budget, Store, agreement, batched_logits, calibrate, mean_kl
 from mambatr.reduction.registry import METHODS, build_method
 from mambatr.reduction.schedule import (
     MAX_FLOPS_REDUCTION,
@@ -108,12 +107,6 @@ class Candidate:
     @classmethod
     def from_dict(cls, data: dict) -> Candidate:
         return cls(**{**data, "removals": {int(k): v for k, v in data["removals"].items()}})
-
-
-class Store(Protocol):
-    def done(self, key: str) -> object | None: ...
-
-    def save(self, key: str, result: object) -> object: ...
 
 
 class _Memory:
