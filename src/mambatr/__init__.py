@@ -2,10 +2,12 @@
 
 from mambatr.flops import count_flops
 from mambatr.models import VimConfig, VisionMamba, create_model, list_models, load_checkpoint
-from mambatr.reduction import METHODS, Schedule, apply, calibrate, remove
+from mambatr.reduction import METHODS, Budget, Recipe, Schedule, apply, calibrate, remove, tune
 
 __all__ = [
     "METHODS",
+    "Budget",
+    "Recipe",
     "VimConfig",
     "Schedule",
     "VisionMamba",
@@ -16,5 +18,6 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "remove",
+    "tune",
 ]
 __version__ = "0.1.0"

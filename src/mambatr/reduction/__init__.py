@@ -2,12 +2,16 @@
 they shrink is ``mambatr.tokens``)."""
 
 from mambatr.reduction.api import ReductionReport, apply, remove
-from mambatr.reduction.calibration import calibrate
+from mambatr.reduction.calibration import Budget, calibrate
+from mambatr.reduction.recipe import Recipe
 from mambatr.reduction.registry import METHODS, build_method
 from mambatr.reduction.schedule import Schedule, default_layers
+from mambatr.reduction.tune import tune
 
 __all__ = [
     "METHODS",
+    "Budget",
+    "Recipe",
     "ReductionReport",
     "Schedule",
     "apply",
@@ -15,4 +19,5 @@ __all__ = [
     "calibrate",
     "default_layers",
     "remove",
+    "tune",
 ]
