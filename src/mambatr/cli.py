@@ -774,23 +774,25 @@ def cmd_tune(args: argparse.Namespace) -> None:
     )
 
 
-def _add_tune_args(tuning: argparse.ArgumentParser) -> None:
-    add_model_args(tuning)
+def _add_search_args(parser: argparse.ArgumentParser, command: str, out: str) -> None:
+    """What calibrate and tune share: the model, the calibration images, --step, and --out beside its
+    run folder (OUT.<command>/, where the search's finished steps are kept)."""
+    add_model_args(parser)
     add_data_args(
-        tuning, "Fashion-MNIST directory, or a folder of calibration images", splits=("val", "train")
+        parser, "Fashion-MNIST directory, or a folder of calibration images", splits=("val", "train")
     )
-    add_runtime_args(tuning, device=None)
-    tuning.add_argument("--images", type=positive_int, default=500, help="calibration images (labels unread)")
+    add_runtime_args(parser, device=None)
+    parser.add_argument("--images", type=positive_int, default=500, help="calibration images (labels unread)")
+    parser.add_argument(
+        "--step", type=positive_int, help="tokens added per search move (default: about 4 %% of the tokens)"
+    )
+    parser.add_argument("--out", default=out, help=f"{out} to write (the search's steps: OUT.{command}/)")
+    parser.add_argument("--overwrite", action="store_true", help=f"start the search again in OUT.{command}/")
+
+
+def _add_tune_args(tuning: argparse.ArgumentParser) -> None:
+    _add_search_args(tuning, "tune", "recipe.json")
     tuning.add_argument("--methods", help="comma-separated methods to search (default: all)")
-    tuning.add_argument(
-        "--step",
-        type=positive_int,
-        help="tokens added per calibration move (default: about 4 %% of the tokens)",
-    )
-    tuning.add_argument(
-        "--out", default="recipe.json", help="recipe JSON to write (finished steps: OUT.tune/)"
-    )
-    tuning.add_argument("--overwrite", action="store_true", help="start the search again in OUT.tune/")
     goal = tuning.add_argument_group("goal (exactly one)")
     goal.add_argument("--flops-reduction", type=float, help="FLOPs-reduction target: the least KL there")
     goal.add_argument(
@@ -863,21 +865,7 @@ def _add_probe_args(probe: argparse.ArgumentParser) -> None:
 
 
 def _add_calibrate_args(calibration: argparse.ArgumentParser) -> None:
-    add_model_args(calibration)
-    add_data_args(
-        calibration, "Fashion-MNIST directory, or a folder of calibration images", splits=("val", "train")
-    )
-    add_runtime_args(calibration, device=None)
-    calibration.add_argument("--images", type=positive_int, default=500, help="calibration images")
-    calibration.add_argument(
-        "--step", type=positive_int, help="tokens added per search move (default: about 4 %% of the tokens)"
-    )
-    calibration.add_argument(
-        "--out", default="schedule.json", help="schedule JSON to write (the search's state: OUT.calibrate/)"
-    )
-    calibration.add_argument(
-        "--overwrite", action="store_true", help="start the search again in OUT.calibrate/"
-    )
+    _add_search_args(calibration, "calibrate", "schedule.json")
     group = calibration.add_argument_group("token reduction")
     group.add_argument("--method", required=True, choices=sorted(METHODS), help="reduction method")
     group.add_argument(
