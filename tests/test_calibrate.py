@@ -289,3 +289,15 @@ def test_an_interrupted_calibration_resumes_to_the_same_schedule(cache_bytes):
     assert resumed.removals == whole.removals and resumed.objective == whole.objective
     assert resumed.calibration["evaluations"] == whole.calibration["evaluations"]
     assert resumed.calibration["agreement"] == whole.calibration["agreement"]
+
+
+def test_non_finite_logits_stop_the_search_and_tune():
+    """A head scaled to inf gives NaN objectives (the API does not check weights, the CLI does): refused,
+    never searched."""
+    model = tiny_model()
+    with torch.no_grad():
+        model.head.weight.mul_(1e38).mul_(1e38)
+    with pytest.raises(ValueError, match="logits are not finite"):
+        mambatr.calibrate(model, "utr", 0.2, images(count=4), step=10, progress=False)
+    with pytest.raises(ValueError, match="logits are not finite"):
+        mambatr.tune(model, images(count=4), flops_reduction=0.2, methods=["utr"], progress=False)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mambatr.finite import check_finite_logits
 from mambatr.models.backbone import BackboneConfig
 from mambatr.reduction.api import Reduction, backbone_of
 from mambatr.reduction.base import ReductionMethod
@@ -307,11 +308,13 @@ def calibrate(
         else:
             cache = PrefixCache(backbone, reducer, images, batch_size, cache_bytes)
             dense_logits, trial_logits, accept = cache.dense_logits, cache.logits, cache.accept
+        check_finite_logits(dense_logits, 0)
         dense = F.log_softmax(dense_logits, dim=-1)
         agreements: dict[tuple, float] = {}  # top-1 agreement of every trial, for the budget
 
         def objective(removals: dict[int, int]) -> float:
             logits = trial_logits(removals)
+            check_finite_logits(logits, 0)  # a NaN objective would steer the search silently
             agreements[tuple(sorted(removals.items()))] = agreement(dense, logits)
             return mean_kl(dense, logits)
 

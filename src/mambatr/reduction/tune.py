@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mambatr.finite import check_finite_logits
 from mambatr.models.backbone import Reduction
 from mambatr.reduction.api import apply, backbone_of, remove
 from mambatr.reduction.base import ReductionMethod
@@ -158,7 +159,9 @@ class _Search:
         self.flops_reduction, self.budget, self.progress = flops_reduction, budget, progress
         self.config = backbone_of(model).config
         remove(model)
-        self.dense = F.log_softmax(batched_logits(model, images, batch_size), dim=-1)
+        dense_logits = batched_logits(model, images, batch_size)
+        check_finite_logits(dense_logits, 0)
+        self.dense = F.log_softmax(dense_logits, dim=-1)
         self.candidates: list[Candidate] = []
         self.computed = 0  # steps this run computed (the rest came from the store: a resumed search)
 
@@ -180,6 +183,7 @@ class _Search:
             logits = batched_logits(self.model, self.images[:count], self.batch_size)
         finally:
             backbone.reduction = None
+        check_finite_logits(logits, 0)
         dense = self.dense[:count]
         kl, agreed = mean_kl(dense, logits), agreement(dense, logits)
         return Candidate(
