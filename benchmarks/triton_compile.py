@@ -135,7 +135,7 @@ def compile_all(pairs: list[tuple[Case, int]], progress: bool = True) -> list[di
             arch=f"sm_{arch}",
             dtype=str(case.dtype).removeprefix("torch."),
             blocks="x".join(
-                str(launch.options[k]) for k in ("BLOCK_E", "BLOCK_N", "BLOCK_T") if k in launch.options
+                str(launch.options[k]) for k in ("BLOCK_T", "BLOCK_E", "BLOCK_N") if k in launch.options
             ),
             warps=launch.options.get("num_warps", 4),
             source=case.source,

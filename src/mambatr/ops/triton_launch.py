@@ -72,6 +72,7 @@ def cuobjdump() -> str | None:
 def _specialised(launch: Launch, arch: int) -> tuple[Any, Any, Any]:
     """(target, Triton's source for the specialised kernel, its compile options), as a launch on a GPU
     of compute capability ``arch`` would specialise it."""
+    from triton._utils import find_paths_if, get_iterable_path
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import create_function_from_signature
@@ -80,10 +81,16 @@ def _specialised(launch: Launch, arch: int) -> tuple[Any, Any, Any]:
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(*launch.args, **launch.options)
-    options, signature, constexprs, attrs = kernel._pack_args(
-        backend, launch.options, bound, specialization, options
-    )
+    bound, specialization, _ = binder(*launch.args, **launch.options)
+    # what JITFunction.run does with the binder's answer before compiling (triton 3.4 to 3.9)
+    kinds = [kind for kind, _ in specialization]
+    signature = dict(zip([p.name for p in kernel.params], kinds, strict=True))
+    constexpr_paths = find_paths_if(kinds, lambda _, kind: kind == "constexpr")
+    constexprs = {path: get_iterable_path(list(bound.values()), path) for path in constexpr_paths}
+    hints = ["" if kind == "constexpr" else hint for kind, hint in specialization]
+    hint_paths = find_paths_if(hints, lambda _, hint: isinstance(hint, str))
+    attrs = {path: backend.parse_attr(get_iterable_path(hints, path)) for path in hint_paths}
+    options = backend.parse_options(launch.options)
     return target, ASTSource(kernel, signature, constexprs, attrs), options
 
 
