@@ -11,9 +11,10 @@ identical (ViM-T and ViM-S give the same ones) are compiled once.
 
 The full sweep: every model family's Vim layer (ViM-T/S/B, stride 8, the Fashion-MNIST testbeds,
 VideoMamba) x float32 / bfloat16 / float16 / float64 x gap or not x reverse x z or not (the
-capture path), the block sizes the launcher picks for N = 1 ... 1024 and E = 16 / 768, every
-optional input off, for sm_80 and sm_90. Fails (exit 1) on a compile error or on a spill in a
-float32 / bfloat16 / float16 kernel; float64 (gradient checks only) may spill and is reported.
+capture path) x the sequential or the chunked forward (4 chunks), the block sizes the launcher picks
+for N = 1 ... 1024 and E = 16 / 768 with every optional input off, for sm_80 and sm_90. Fails (exit 1)
+on a compile error or on a spill in a float32 / bfloat16 / float16 kernel; float64 (gradient checks
+only) may spill and is reported.
 """
 
 from __future__ import annotations
@@ -41,16 +42,18 @@ FULL_MODELS = ("vim_tiny", "vim_small", "vim_base", "vim_fmnist", "vim_fmnist_p2
 FULL_MODELS += ("videomamba_middle",)
 FULL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 BOTH, ALL_FOUR = ((False, False), (True, True)), tuple(itertools.product((False, True), repeat=2))
-# the test's subset, (model, dtypes, (gap, reverse) pairs): every kernel x float32 / bfloat16 x gap x
-# reverse on ViM-S, float64 at two of the four, and the other models' own specialisations (ViM-T and
-# vim_fmnist_p2 give ViM-S's; ViM-B's B/C row stride is 16-divisible, vim_fmnist's length differs)
+# the test's subset, (model, dtypes, (gap, reverse) pairs, forward chunks): every kernel x float32 /
+# bfloat16 x gap x reverse on ViM-S, float64 at two of the four, the chunked forward (its two kernels),
+# and the other models' own specialisations (ViM-T and vim_fmnist_p2 give ViM-S's; ViM-B's B/C row
+# stride is 16-divisible, vim_fmnist's length differs)
 SUBSET = (
-    ("vim_small", (torch.float32, torch.bfloat16), ALL_FOUR),
-    ("vim_small", (torch.float64,), BOTH),
-    ("vim_base", (torch.float32, torch.bfloat16), BOTH),
-    ("vim_fmnist", (torch.float32, torch.bfloat16), BOTH),
-    ("vim_tiny", (torch.float32,), BOTH),
-    ("vim_fmnist_p2", (torch.float32,), BOTH),
+    ("vim_small", (torch.float32, torch.bfloat16), ALL_FOUR, 1),
+    ("vim_small", (torch.float64,), BOTH, 1),
+    ("vim_small", (torch.float32, torch.bfloat16), BOTH, 4),
+    ("vim_base", (torch.float32, torch.bfloat16), BOTH, 1),
+    ("vim_fmnist", (torch.float32, torch.bfloat16), BOTH, 1),
+    ("vim_tiny", (torch.float32,), BOTH, 1),
+    ("vim_fmnist_p2", (torch.float32,), BOTH, 1),
 )
 STATE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 META = dict(device="meta")
@@ -74,7 +77,9 @@ def _config(model: str):
         return mambatr.create_model(model).config
 
 
-def vim_layer(model: str, dtype: torch.dtype, gap: bool, reverse: bool, z: bool = True) -> list[Launch]:
+def vim_layer(
+    model: str, dtype: torch.dtype, gap: bool, reverse: bool, z: bool = True, chunks: int = 1
+) -> list[Launch]:
     """The conv and scan launches of one Vim mixer branch (autocast: activations in ``dtype``,
     parameters and A, D, delta bias in the compute dtype), batch 2."""
     config = _config(model)
@@ -87,7 +92,7 @@ def vim_layer(model: str, dtype: torch.dtype, gap: bool, reverse: bool, z: bool 
     _, B, C = torch.empty(2, L, R + 2 * N, dtype=dtype, **META).split([R, N, N], dim=-1)
     A, D = torch.empty(E, N, dtype=acc, **META), torch.empty(E, dtype=acc, **META)
     gaps = torch.empty(2, L, dtype=torch.long, **META) if gap else None
-    scan = triton_scan.launches(xc, dt, A, B, C, D, z_half if z else None, bias, True, gaps, reverse)
+    scan = triton_scan.launches(xc, dt, A, B, C, D, z_half if z else None, bias, True, gaps, reverse, chunks)
     return conv + scan
 
 
@@ -100,11 +105,13 @@ def block_sizes(N: int, E: int, dtype: torch.dtype) -> list[Launch]:
 
 def cases(full: bool) -> Iterator[Case]:
     """The full sweep, or the test's subset."""
-    plan = [(m, FULL_DTYPES, ALL_FOUR) for m in FULL_MODELS] if full else SUBSET
-    for model, dtypes, pairs in plan:
+    plan = [(m, FULL_DTYPES, ALL_FOUR, c) for m in FULL_MODELS for c in (1, 4)] if full else SUBSET
+    for model, dtypes, pairs, chunks in plan:
         for dtype, (gap, reverse), z in itertools.product(dtypes, pairs, (True, False) if full else (True,)):
             source = f"{model} gap={gap} reverse={reverse}" + ("" if z else " no z")
-            yield from (Case(source, dtype, launch) for launch in vim_layer(model, dtype, gap, reverse, z))
+            source += f" {chunks} chunks" if chunks > 1 else ""
+            launches = vim_layer(model, dtype, gap, reverse, z, chunks)
+            yield from (Case(source, dtype, launch) for launch in launches)
     if full:
         for N, E, dtype in itertools.product(STATE_SIZES, (16, 768), FULL_DTYPES):
             yield from (Case(f"N={N} E={E} plain", dtype, launch) for launch in block_sizes(N, E, dtype))

@@ -21,10 +21,11 @@ import contextlib
 import datetime
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ import mambatr
 from mambatr.benchmark import throughput
 from mambatr.ops import backend_info, causal_conv1d, selective_scan
 from mambatr.ops.dispatch import cuda_package_available
+from mambatr.ops.triton_scan import CHUNKS_VAR
 from mambatr.table import markdown_table
 
 METHODS = ("mtr", "hsa", "stm", "utr", "evit", "pumer", "tome")
@@ -90,9 +92,14 @@ def check_kernels(device: torch.device, smoke: bool) -> list[dict]:
     bfloat16, scan with and without gaps in both directions, the conv with and without SiLU."""
     batch, length, E, N = (2, 5, 12, 4) if smoke else (2, 37, 70, 16)
     rows = []
-    for dtype, gapped, reverse in itertools.product(
-        (torch.float32, torch.bfloat16), (True, False), (False, True)
-    ):
+    scans = [
+        (*case, 1)
+        for case in itertools.product((torch.float32, torch.bfloat16), (True, False), (False, True))
+    ]
+    scans += [
+        (dtype, True, reverse, 4) for dtype in (torch.float32, torch.bfloat16) for reverse in (False, True)
+    ]
+    for dtype, gapped, reverse, chunks in scans:
         inputs = scan_inputs(batch, length, E, N, device, gap=gapped)
         gap = inputs.pop("gap")
         low = {k: v.to(dtype) if v.dim() == 3 else v for k, v in inputs.items()}  # activations rounded
@@ -100,12 +107,14 @@ def check_kernels(device: torch.device, smoke: bool) -> list[dict]:
         results = []
         for impl, cast in (("reference", torch.Tensor.float), ("triton", torch.Tensor.clone)):
             leaves = {k: cast(v).detach().requires_grad_() for k, v in low.items()}
-            y = selective_scan(**leaves, gap=gap, delta_softplus=True, reverse=reverse, impl=impl)
+            with forward_chunks(chunks):
+                y = selective_scan(**leaves, gap=gap, delta_softplus=True, reverse=reverse, impl=impl)
             grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(y.dtype))
             results.append((y, grads))
         (y_ref, g_ref), (y, grads) = results
         worst = max(relative_error(a, b) for a, b in zip(grads, g_ref, strict=True))
         case = f"scan B{batch} L{length} E{E} N{N} gap={gapped} reverse={reverse}"
+        case += f" {chunks} chunks" if chunks > 1 else ""
         rows.append(_checked(case, dtype, relative_error(y, y_ref), worst))
     for dtype, (silu, reverse) in itertools.product(
         (torch.float32, torch.bfloat16), ((True, False), (False, True))
@@ -139,6 +148,54 @@ def impls(device: torch.device, *packages: str) -> list[str]:
     packages = packages or ("mamba_ssm", "causal_conv1d")
     cuda = device.type == "cuda" and all(cuda_package_available(p) for p in packages)
     return ["triton", "torch", *(["cuda"] if cuda else [])]
+
+
+@contextlib.contextmanager
+def forward_chunks(chunks: int) -> Iterator[None]:
+    """Run the Triton scan's forward in ``chunks`` chunks of time ($MAMBATR_TRITON_CHUNKS)."""
+    previous = os.environ.get(CHUNKS_VAR)
+    os.environ[CHUNKS_VAR] = str(chunks)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[CHUNKS_VAR]
+        else:
+            os.environ[CHUNKS_VAR] = previous
+
+
+def latency(device: torch.device, smoke: bool, warmup: int, runs: int) -> list[dict]:
+    """Batch 1, where the sequential scan has few programs (ViM-S: 24 per direction on a GPU of 132
+    SMs): the Triton scan forward at ViM-S (L 197) and VideoMamba-M K400 (L 1569) shapes, and ViM-S
+    dense images/s, sequential against the forward in chunks of time."""
+    shapes = [(9, 16, 4)] if smoke else [(197, 768, 16), (1569, 1152, 16)]
+    rows = []
+    for length, E, N in shapes:
+        inputs = scan_inputs(1, length, E, N, device, gap=False)
+        inputs.pop("gap")
+        for chunks in (1, 4) if smoke else (1, 4, 8, 16, 32):
+            with forward_chunks(chunks), torch.no_grad():
+                ms = median_ms(
+                    lambda inputs=inputs: selective_scan(**inputs, delta_softplus=True, impl="triton"),
+                    device,
+                    warmup,
+                    runs,
+                )
+            rows.append(
+                dict(what=f"scan forward B1 L{length} E{E} N{N}", chunks=chunks, ms=ms, images_per_s=None)
+            )
+    model = make_model("vim_small", smoke, device)
+    model.scan_impl = "triton"
+    config = model.config
+    images = torch.randn(1, config.in_chans, config.img_size, config.img_size, device=device)
+    for chunks in (1, 4) if smoke else (1, 4, 8, 16):
+        with forward_chunks(chunks):
+            rate = throughput(model, images, warmup, runs)["images_per_s"]
+        what = "toy" if smoke else "vim_small"
+        rows.append(
+            dict(what=f"{what} dense forward, batch 1", chunks=chunks, ms=1e3 / rate, images_per_s=rate)
+        )
+    return rows
 
 
 def kernel_times(device: torch.device, smoke: bool, warmup: int, runs: int) -> list[dict]:
@@ -276,6 +333,7 @@ SECTIONS = {
     ),
     "kernels": ("kernels: one ViM-S layer direction (ms, median)", kernel_times),
     "dense": ("ViM-S dense forward", dense),
+    "latency": ("batch 1: sequential vs chunked forward (triton)", latency),
     "reduced": ("reduced ViM-S, batch 64, triton", reduced),
     "training": ("vim_fmnist_p2 training step", training),
 }

@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 from benchmark_scripts import BENCHMARKS, load_benchmark  # noqa: E402
 
-SECTIONS = ("check", "kernels", "ViM-S dense", "reduced", "vim_fmnist_p2 training")
+SECTIONS = ("check", "kernels", "ViM-S dense", "batch 1", "reduced", "vim_fmnist_p2 training")
 
 
 def test_the_session_runs_end_to_end_in_the_interpreter(tmp_path):
@@ -34,7 +34,7 @@ def test_the_session_runs_end_to_end_in_the_interpreter(tmp_path):
     scans = {
         (row["dtype"], row["case"].split(" gap=")[1]) for row in checks if row["case"].startswith("scan")
     }
-    assert len(scans) == 8  # float32 / bfloat16 x gap or not x both directions
+    assert len(scans) == 12  # float32 / bfloat16 x gap or not x both directions, and gap x 4 chunks
     dense = result["sections"][titles[2]]["rows"]
     assert {(r["precision"], r["impl"]) for r in dense} == {
         (p, i) for p in ("float32", "bfloat16 autocast") for i in ("triton", "torch")

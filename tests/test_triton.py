@@ -139,3 +139,12 @@ def test_a_kernel_that_does_not_build_names_the_way_round():
 
     with pytest.raises(RuntimeError, match=r"_scan_fwd: triton .*PTXASError.*MAMBATR_OPS_IMPL=torch"):
         Launch(_FailingKernel(), (1,), (), {}).run()
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_the_chunk_count_must_be_a_whole_number(monkeypatch, value):
+    from mambatr.ops.triton_scan import forward_chunks
+
+    monkeypatch.setenv("MAMBATR_TRITON_CHUNKS", value)
+    with pytest.raises(ValueError, match=r"\$MAMBATR_TRITON_CHUNKS=.*whole number of chunks"):
+        forward_chunks()

@@ -30,7 +30,7 @@ if not PTXAS.is_file():
     pytest.skip(f"no ptxas in this triton wheel ({PTXAS}): cannot compile for a GPU", allow_module_level=True)
 
 sweep = load_benchmark("triton_compile")
-KERNELS = {"_scan_fwd", "_scan_bwd", "_conv_fwd", "_conv_bwd_params", "_conv_bwd_input"}
+KERNELS = {"_scan_fwd", "_scan_chunk_states", "_scan_bwd", "_conv_fwd", "_conv_bwd_params", "_conv_bwd_input"}
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,20 @@ def test_scan_matches_reference_float32(case):
     assert_grads_close(grads, g_ref, rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("chunks", [2, 4, 13, 100])  # 13: one step per chunk; 100: more than L
+@pytest.mark.parametrize("gap, reverse", [(False, False), (True, True)])
+def test_chunked_forward_matches_reference(monkeypatch, chunks, gap, reverse):
+    """$MAMBATR_TRITON_CHUNKS: the forward in chunks of time, combined across programs (the backward
+    stays sequential): values and gradients as the sequential scan's."""
+    monkeypatch.setenv("MAMBATR_TRITON_CHUNKS", str(chunks))
+    inputs, gaps = make_inputs(2, 13, 40, 5, D=True, z=True, bias=True, gap=gap)
+    grad_out = torch.randn(2, 13, 40, generator=torch.Generator().manual_seed(1))
+    y_ref, g_ref = run("reference", inputs, gaps, True, reverse, grad_out)
+    y, grads = run("triton", inputs, gaps, True, reverse, grad_out)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=2e-6)
+    assert_grads_close(grads, g_ref, rtol=1e-5, atol=2e-6)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_scan_gap_runs_at_both_ends(reverse):
     """Pruned runs before the first and after the last kept token (in both scan orders), as HSA makes

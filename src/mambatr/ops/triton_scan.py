@@ -10,6 +10,7 @@ TRITON_INTERPRET=1 set before the first use, the kernels run in Triton's interpr
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -22,6 +23,7 @@ Tensor = torch.Tensor
 
 # The kernels below are decorated for Triton's interpreter iff TRITON_INTERPRET is set at this import.
 INTERPRETED = dispatch.triton_interpreter()
+CHUNKS_VAR = "MAMBATR_TRITON_CHUNKS"
 
 
 @triton.jit
@@ -87,22 +89,67 @@ def _step(
 
 
 @triton.jit
+def _chunk_slots(b, blk, c, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Offsets of chunk c's end state (a state tile) and summed decay (per channel) in the scratch of
+    (batch element, channel block) (b, blk)."""
+    slot = (b * tl.num_programs(1) + blk) * tl.num_programs(2) + c
+    rows = tl.arange(0, BLOCK_E)
+    tile = slot * (BLOCK_E * BLOCK_N) + rows[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    return tile, slot * BLOCK_E + rows
+
+
+@triton.jit
+def _scan_chunk_states(
+    u, delta, A, B, bias, gap, states, decays, L, E, N, chunk,
+    s_ub, s_ut, s_db, s_dt, s_bb, s_bt, s_gb,
+    HAS_BIAS: tl.constexpr, HAS_GAP: tl.constexpr, SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Chunked forward, pass 1: one (batch element, channel block, chunk of time) scans its chunk from a
+    zero state and stores the end state and the chunk's summed decay a (its decay is exp(A sum a))."""
+    b = tl.program_id(0).to(tl.int64)
+    blk, c = tl.program_id(1), tl.program_id(2)
+    e = blk * BLOCK_E + tl.arange(0, BLOCK_E)
+    n = tl.arange(0, BLOCK_N)
+    me, mn = e < E, n < N
+    A_blk = tl.load(A + e[:, None] * N + n[None, :], mask=me[:, None] & mn[None, :], other=0.0)
+    bias_v = _per_channel(bias, e, me, HAS_BIAS, BLOCK_E)
+    state = tl.zeros([BLOCK_E, BLOCK_N], A_blk.dtype)
+    total = tl.zeros([BLOCK_E], A_blk.dtype)
+    for i in range(c * chunk, tl.minimum(c * chunk + chunk, L)):
+        state, _, decay, _, _, _ = _step(
+            state, i, b, e, n, me, mn, A_blk, bias_v, u, delta, B, gap,
+            s_ub, s_ut, s_db, s_dt, s_bb, s_bt, s_gb, L, HAS_BIAS, HAS_GAP, SOFTPLUS, REVERSE,
+        )  # fmt: skip
+        total += decay
+    tile, rows = _chunk_slots(b, blk, c, BLOCK_E, BLOCK_N)
+    tl.store(states + tile, state)
+    tl.store(decays + rows, total)
+
+
+@triton.jit
 def _scan_fwd(
-    u, delta, A, B, C, D, z, bias, gap, y,
-    L, E, N, s_ub, s_ut, s_db, s_dt, s_bb, s_bt, s_cb, s_ct, s_zb, s_zt, s_gb, s_yb, s_yt,
+    u, delta, A, B, C, D, z, bias, gap, y, states, decays,
+    L, E, N, chunk, s_ub, s_ut, s_db, s_dt, s_bb, s_bt, s_cb, s_ct, s_zb, s_zt, s_gb, s_yb, s_yt,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GAP: tl.constexpr,
     SOFTPLUS: tl.constexpr, REVERSE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """y for one (batch element, channel block), in scan order."""
+    """y for one (batch element, channel block, chunk of time), in scan order. With one chunk (the
+    sequential scan) the state starts at zero; otherwise the state entering chunk c is combined from
+    pass 1's chunk end states: s = exp(A sum a_c') s + end state of c', over the chunks before c."""
     b = tl.program_id(0).to(tl.int64)
-    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    blk, c = tl.program_id(1), tl.program_id(2)
+    e = blk * BLOCK_E + tl.arange(0, BLOCK_E)
     n = tl.arange(0, BLOCK_N)
     me, mn = e < E, n < N
     A_blk = tl.load(A + e[:, None] * N + n[None, :], mask=me[:, None] & mn[None, :], other=0.0)
     bias_v = _per_channel(bias, e, me, HAS_BIAS, BLOCK_E)
     D_v = _per_channel(D, e, me, HAS_D, BLOCK_E)
     state = tl.zeros([BLOCK_E, BLOCK_N], A_blk.dtype)
-    for i in range(L):
+    for before in range(c):
+        tile, rows = _chunk_slots(b, blk, before, BLOCK_E, BLOCK_N)
+        state = tl.exp(tl.load(decays + rows)[:, None] * A_blk) * state + tl.load(states + tile)
+    for i in range(c * chunk, tl.minimum(c * chunk + chunk, L)):
         t = _time(i, L, REVERSE)
         state, _, _, _, u_t, _ = _step(
             state, i, b, e, n, me, mn, A_blk, bias_v, u, delta, B, gap,
@@ -258,13 +305,33 @@ def _launch_args(
     return pointers, strides, flags
 
 
-def forward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse) -> tuple[Launch, Tensor]:
-    """The forward kernel's launch and the output it writes."""
+def forward_launches(
+    u, delta, A, B, C, D, z, bias, gap, softplus, reverse, chunks: int = 1
+) -> tuple[list[Launch], Tensor]:
+    """The forward's launches and the output they write: one sequential kernel, or for ``chunks`` > 1
+    pass 1 (chunk end states, in parallel over chunks) and the output pass."""
     pointers, strides, flags = _launch_args(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, False)
     batch, L, E = u.shape
+    N = A.shape[1]
     y = torch.empty(batch, L, E, dtype=u.dtype, device=u.device)
-    grid = (batch, triton.cdiv(E, flags["BLOCK_E"]))
-    return Launch(_scan_fwd, grid, (*pointers, y, L, E, A.shape[1], *strides, L * E, E), flags), y
+    blocks = triton.cdiv(E, flags["BLOCK_E"])
+    chunk = triton.cdiv(L, chunks)
+    grid = (batch, blocks, triton.cdiv(L, chunk))
+    states = decays = pointers[2]  # one chunk: never read
+    launches = []
+    if grid[2] > 1:
+        states = torch.empty(
+            batch * blocks * grid[2] * flags["BLOCK_E"] * flags["BLOCK_N"], dtype=A.dtype, device=u.device
+        )
+        decays = torch.empty(batch * blocks * grid[2] * flags["BLOCK_E"], dtype=A.dtype, device=u.device)
+        u_, delta_, A_, B_, _, _, _, bias_, gap_ = pointers
+        row_strides = (*strides[:6], strides[10])
+        pass_flags = {k: v for k, v in flags.items() if k not in ("HAS_D", "HAS_Z")}
+        args = (u_, delta_, A_, B_, bias_, gap_, states, decays, L, E, N, chunk, *row_strides)
+        launches.append(Launch(_scan_chunk_states, grid, args, pass_flags))
+    args = (*pointers, y, states, decays, L, E, N, chunk, *strides, L * E, E)
+    launches.append(Launch(_scan_fwd, grid, args, flags))
+    return launches, y
 
 
 def backward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, dout) -> tuple[Launch, dict]:
@@ -299,11 +366,12 @@ class _SelectiveScanTriton(torch.autograd.Function):
     """Saves only the inputs; the backward kernel recomputes the states."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, gap, softplus, reverse):  # type: ignore[override]
+    def forward(ctx, u, delta, A, B, C, D, z, bias, gap, softplus, reverse, chunks):  # type: ignore[override]
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, gap)
         ctx.flags = (softplus, reverse)
-        launch, y = forward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse)
-        launch.run()
+        launches, y = forward_launches(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, chunks)
+        for launch in launches:
+            launch.run()
         return y
 
     @staticmethod
@@ -323,6 +391,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -338,13 +407,24 @@ def _prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse)
 
 
 def launches(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, gap=None, reverse=False
-) -> list[Launch]:
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, gap=None, reverse=False,
+    chunks=1,
+) -> list[Launch]:  # fmt: skip
     """The forward and backward launches of that ``selective_scan_triton`` call, without running them
     (meta tensors work: what tests/test_triton_compile.py compiles for a GPU)."""
     prepared = _prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse)
-    forward, y = forward_launch(*prepared)
-    return [forward, backward_launch(*prepared, torch.empty_like(y))[0]]
+    forward, y = forward_launches(*prepared, chunks)
+    return [*forward, backward_launch(*prepared, torch.empty_like(y))[0]]
+
+
+def forward_chunks() -> int:
+    """How many chunks of time the forward splits the sequence into: $MAMBATR_TRITON_CHUNKS, default 1
+    (the sequential scan; the chunked one is for small batches and long sequences, and becomes a
+    default only with GPU figures that show it faster, docs/scan.md)."""
+    value = os.environ.get(CHUNKS_VAR, "1").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"${CHUNKS_VAR}={value!r}: expected a whole number of chunks, 1 or more")
+    return int(value)
 
 
 def selective_scan_triton(
@@ -367,4 +447,4 @@ def selective_scan_triton(
     """
     dispatch.check_triton_kernels("selective_scan", u.device, INTERPRETED)
     prepared = _prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse)
-    return _SelectiveScanTriton.apply(*prepared)
+    return _SelectiveScanTriton.apply(*prepared, forward_chunks())
