@@ -61,7 +61,7 @@ def test_scan_matches_reference_float32(case):
     assert_grads_close(grads, g_ref, rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("chunks", [2, 4, 13, 100])  # 13: one step per chunk; 100: more than L
+@pytest.mark.parametrize("chunks", [4, 13, 100])  # 4: the last chunk shorter; 13: one step each; 100 > L
 @pytest.mark.parametrize("gap, reverse", [(False, False), (True, True)])
 def test_chunked_forward_matches_reference(monkeypatch, chunks, gap, reverse):
     """$MAMBATR_TRITON_CHUNKS: the forward in chunks of time, combined across programs (the backward
