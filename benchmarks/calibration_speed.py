@@ -4,8 +4,9 @@
         [--images 500] [--threads 1] [--json]
 
 Both searches run on the same val images in this process (the cached one first, so a warm-up favours
-the reference). Prints each one's seconds, blocks run, the ratio, and whether the schedules and their
-objectives are identical.
+the reference). Prints, for each, the wall-clock and CPU seconds and the work its blocks did (image x
+token x block, counted by a hook on every block: proportional to the blocks' FLOPs, and independent
+of what else the machine runs), their ratios, and whether the schedules and objectives are identical.
 """
 
 from __future__ import annotations
@@ -35,14 +36,23 @@ def main() -> None:
     model = mambatr.create_model(args.model, pretrained=True).eval()
     testbed = TESTBEDS[model_entry(args.model).dataset]
     images = testbed.to_input(testbed.load("val")[0][: args.images])
+    work = [0]
+
+    def count(block: torch.nn.Module, inputs: tuple) -> None:
+        work[0] += inputs[0].shape[0] * inputs[0].shape[1]  # images x tokens entering the block
+
+    for layer in model.layers:
+        layer.register_forward_pre_hook(count)
     runs = {}
     for name, cache_bytes in (("cached", DEFAULT_CACHE_BYTES), ("full", None)):
-        start = time.perf_counter()
+        start, cpu, work[0] = time.perf_counter(), time.process_time(), 0
         schedule = mambatr.calibrate(
             model, args.method, args.flops_reduction, images, cache_bytes=cache_bytes, progress=True
         )
         runs[name] = {
             "seconds": round(time.perf_counter() - start, 1),
+            "cpu_seconds": round(time.process_time() - cpu, 1),
+            "token_blocks": work[0],
             "removals": schedule.removals,
             "objective": schedule.objective,
             "evaluations": schedule.calibration["evaluations"],
@@ -55,6 +65,8 @@ def main() -> None:
         "threads": args.threads,
         "runs": runs,
         "speedup": round(runs["full"]["seconds"] / runs["cached"]["seconds"], 2),
+        "cpu_speedup": round(runs["full"]["cpu_seconds"] / runs["cached"]["cpu_seconds"], 2),
+        "work_ratio": round(runs["full"]["token_blocks"] / runs["cached"]["token_blocks"], 2),
         "identical": runs["full"]["removals"] == runs["cached"]["removals"]
         and runs["full"]["objective"] == runs["cached"]["objective"],
     }
@@ -62,8 +74,14 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     for name, run in runs.items():
-        print(f"{name:>6}: {run['seconds']:8.1f} s, {run['evaluations']} trials, removals {run['removals']}")
-    print(f"speed-up {result['speedup']}x; identical schedule and objective: {result['identical']}")
+        print(
+            f"{name:>6}: {run['seconds']:8.1f} s ({run['cpu_seconds']} s CPU), {run['token_blocks']:,} "
+            f"image-token-blocks, {run['evaluations']} trials, removals {run['removals']}"
+        )
+    print(
+        f"speed-up {result['speedup']}x wall, {result['cpu_speedup']}x CPU, {result['work_ratio']}x less "
+        f"block work; identical schedule and objective: {result['identical']}"
+    )
 
 
 if __name__ == "__main__":

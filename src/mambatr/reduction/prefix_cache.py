@@ -30,8 +30,9 @@ def first_change(incumbent: dict[int, int], trial: dict[int, int]) -> int:
 class PrefixCache:
     """The incumbent schedule's block entries on the calibration images; logits of trials from them.
 
-    ``logits(removals)`` evaluates a schedule that differs from the incumbent from some block on;
-    ``accept(removals)`` makes it the incumbent (re-recording the entries it changed). Starts dense.
+    ``logits(removals)`` evaluates a schedule that differs from the incumbent from some block on, and
+    keeps the entries it computed while the budget has room; ``accept(removals)`` makes it the incumbent
+    (those entries, or re-recorded ones), and forgets the other trials'. Starts dense.
     """
 
     def __init__(
@@ -49,6 +50,8 @@ class PrefixCache:
         batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
         self.entries: list[dict[int, BlockEntry]] = []
         self.kept: set[int] = {0}
+        self.budget, self.block_bytes = cache_bytes, 0.0
+        self.pending: dict[tuple, list[dict[int, BlockEntry]]] = {}  # this round's trials' entries
         dense = []
         previous, backbone.reduction = backbone.reduction, None
         try:
@@ -57,8 +60,8 @@ class PrefixCache:
                     state = TokenState.initial(backbone.embed(batch), backbone.config.cls_index)
                     first = BlockEntry(0, state, state.hidden, None, None)
                     if number == 0:
-                        per_block = first.nbytes() * len(images) / len(batch)
-                        self.kept = self._blocks_within(per_block, cache_bytes)
+                        self.block_bytes = first.nbytes() * len(images) / len(batch)
+                        self.kept = self._blocks_within(self.block_bytes, cache_bytes)
                     self.entries.append({0: first})
                     dense.append(self._run(first, self.entries[-1], record_after=-1))
         finally:
@@ -84,19 +87,44 @@ class PrefixCache:
         return self.backbone.head(features).double()
 
     @torch.inference_mode()
-    def logits(self, removals: dict[int, int], record: bool = False) -> torch.Tensor:
+    def logits(self, removals: dict[int, int]) -> torch.Tensor:
         """(images, classes) float64 logits of the model reduced by ``removals``."""
         start = first_change(self.incumbent, removals)
+        after = [layer for layer in self.kept if layer > start]
+        held = len(self.kept) + sum(len(trial[0]) for trial in self.pending.values())
+        stores = None
+        if (held + len(after)) * self.block_bytes <= self.budget:  # room to keep this trial's entries
+            stores = [{} for _ in self.entries]
+            self.pending[tuple(sorted(removals.items()))] = stores
+        return self._trial(removals, start, stores)
+
+    def _trial(
+        self, removals: dict[int, int], start: int, stores: list[dict[int, BlockEntry]] | None
+    ) -> torch.Tensor:
+        """Logits of ``removals`` from the cache; the entries after ``start`` go to ``stores``."""
         begin = max(layer for layer in self.kept if layer <= start)
         active = {layer: count for layer, count in removals.items() if count}
         previous = self.backbone.reduction
         self.backbone.reduction = Reduction(self.method, active) if active else None
         try:
-            return torch.cat([self._run(s[begin], s, start if record else None) for s in self.entries])
+            return torch.cat(
+                [
+                    self._run(entries[begin], stores[b] if stores else {}, start if stores else None)
+                    for b, entries in enumerate(self.entries)
+                ]
+            )
         finally:
             self.backbone.reduction = previous
 
+    @torch.inference_mode()
     def accept(self, removals: dict[int, int]) -> None:
-        """``removals`` becomes the incumbent: the entries after its first change are recorded anew."""
-        self.logits(removals, record=True)
+        """``removals`` becomes the incumbent: the entries after its first change replace the old ones
+        (kept from its trial, else computed again)."""
+        stores = self.pending.pop(tuple(sorted(removals.items())), None)
+        if stores is None:
+            stores = [{} for _ in self.entries]
+            self._trial(removals, first_change(self.incumbent, removals), stores)
+        for entries, recorded in zip(self.entries, stores, strict=True):
+            entries.update(recorded)
+        self.pending.clear()
         self.incumbent = dict(removals)
