@@ -104,3 +104,22 @@ def test_bad_input_is_refused_before_work(checkpoint, tmp_path, capsys):
         main(export_argv(checkpoint, "pt2", tmp_path / "m.pt2", "--flops-reduction", "0.3"))
     assert exit_info.value.code == 2 and "--method" in capsys.readouterr().err
     assert not (tmp_path / "m.pt2").exists()
+
+
+def test_export_first_leaves_the_eager_model_real():
+    """torch.export traces with fake tensors: nothing the trace builds may be cached for later eager
+    calls (PlainMamba's snake paths were, and the next eager forward returned a FakeTensor)."""
+    from mambatr import deploy
+    from mambatr.models import plainmamba
+
+    torch.manual_seed(0)
+    model = mambatr.create_model(
+        "plainmamba_custom", img_size=24, patch_size=4, stem_channels=8, embed_dim=16, depth=1, d_state=4
+    ).eval()
+    images = torch.randn(2, 3, 24, 24)
+    plainmamba._cached_snake_paths.cache_clear()  # the export is the first forward
+    program = deploy.export_program(model, images)
+    with torch.no_grad():
+        eager = model(images)
+    assert type(eager) is torch.Tensor
+    torch.testing.assert_close(program.module()(images), eager)

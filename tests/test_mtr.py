@@ -149,3 +149,32 @@ def test_delta_raw_and_delta_b_indicators():
     )
     expected = F.softplus(raw[..., 0]) * (2.0 + 1.0)  # |B| = 2 forward, 1 backward
     torch.testing.assert_close(importance(state, internals, "delta_b"), expected)
+
+
+def test_plainmamba_transposed_tokens_tie_exactly_and_rank_by_index():
+    """PlainMamba's snakes read Δ in sequence order, so on the full grid a token and its transpose get
+    the same four Δ in another order: their scores must be bit-equal (a left-to-right float sum broke
+    the tie by rounding, differently in onnxruntime), and a tie at the cut keeps the earlier token."""
+    from mambatr.reduction.mtr import importance
+
+    torch.manual_seed(0)
+    model = mambatr.create_model(
+        "plainmamba_custom", img_size=32, patch_size=4, stem_channels=8, embed_dim=16, depth=1, d_state=4
+    ).eval()
+    tokens = model.config.grid**2
+    with torch.no_grad():
+        state = TokenState.initial(model.embed(torch.randn(1, 3, 32, 32)), None, False)
+        hidden, residual, internals = model.layers[0](
+            state.hidden, None, capture=True, **model.layer_inputs(state)
+        )
+    state = state.with_streams(hidden, residual)
+    score = importance(state, internals, "delta")[0]
+    transposed = torch.arange(tokens).view(model.config.grid, -1).t().reshape(-1)
+    assert torch.equal(score, score[transposed])
+    assert len(score.unique()) == (tokens + model.config.grid) // 2  # the pairs tie, nothing else
+    order = score.argsort(descending=True, stable=True)
+    cut = next(k for k in range(tokens // 2 + 1, tokens) if score[order[k - 1]] == score[order[k]])
+    earlier, later = order[cut - 1], order[cut]  # a tied pair across the cut: `later` is a source
+    assert earlier < later
+    out = MTR(strategy="prune").step(state, internals, tokens - cut)
+    assert earlier in out.positions[0] and later not in out.positions[0]

@@ -181,9 +181,21 @@ def _arrival_codes(cells: list[tuple[int, int]]) -> list[int]:
     return codes
 
 
-@functools.lru_cache(maxsize=64)
 def snake_paths(height: int, width: int, device: str = "cpu") -> SnakePaths:
-    """The cached scan paths of an H x W grid (equal to the official ``get_permute_order``)."""
+    """The scan paths of an H x W grid (equal to the official ``get_permute_order``), cached; built
+    afresh while torch.compile / torch.export trace, whose fake tensors must not outlive the trace
+    (cached, they made the next eager call return a FakeTensor)."""
+    if torch.compiler.is_compiling():
+        return _build_snake_paths(height, width, device)
+    return _cached_snake_paths(height, width, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_snake_paths(height: int, width: int, device: str) -> SnakePaths:
+    return _build_snake_paths(height, width, device)
+
+
+def _build_snake_paths(height: int, width: int, device: str) -> SnakePaths:
     row, column = _row_snake(height, width), _column_snake(height, width)
     paths = (row, row[::-1], column, column[::-1])
     orders = torch.tensor([[i * width + j for i, j in path] for path in paths], dtype=torch.long)

@@ -44,22 +44,35 @@ def inverse_softplus(delta: torch.Tensor) -> torch.Tensor:
     return delta + torch.log(-torch.expm1(-delta))
 
 
+def direction_sum(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The elementwise sum of the scan directions' terms, bit for bit the same for any order of them.
+
+    Float addition is commutative but not associative, so two terms are simply added and more are
+    added in ascending order. PlainMamba's four snake scans read Δ in sequence order, so on a full
+    square grid a token and its transpose get the same four Δ in another order: an exact tie that a
+    left-to-right sum breaks by rounding, differently in each runtime and thread count (ONNX Runtime
+    kept other tokens than eager, docs/deploy.md). Sorted, tied terms give equal sums everywhere."""
+    if len(parts) > 2:
+        parts = list(torch.stack(parts).sort(dim=0).values.unbind(0))
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 def importance(state: TokenState, internals: BlockInternals, indicator: str, seed: int = 0) -> torch.Tensor:
     """(B, L) token importance under the chosen indicator; higher means more important."""
     if indicator == "delta_raw":
-        return sum(inverse_softplus(branch.delta).mean(-1) for branch in internals.branches)
+        return direction_sum([inverse_softplus(branch.delta).mean(-1) for branch in internals.branches])
     if indicator == "delta_b":
-        return sum(
-            branch.delta.float().mean(-1) * branch.B.float().abs().mean(-1) for branch in internals.branches
+        return direction_sum(
+            [branch.delta.float().mean(-1) * branch.B.float().abs().mean(-1) for branch in internals.branches]
         )
     if indicator in ("delta", "B", "C"):
         parts = [getattr(branch, indicator) for branch in internals.branches]
         if indicator != "delta":
             parts = [part.abs() for part in parts]
-        total = parts[0]
-        for part in parts[1:]:
-            total = total + part
-        return total.float().mean(-1)
+        return direction_sum(parts).float().mean(-1)
     if indicator == "norm":
         return state.hidden.float().norm(dim=-1)
     if indicator == "cls":
@@ -95,7 +108,9 @@ class MTR(ReductionMethod):
         return importance(state, internals, self.indicator, self.seed)
 
     def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
-        order = ranked(state, self.scores(state, internals))  # the class token first, untouched
+        # stable: exact ties (equal scores, see direction_sum) keep the earlier token first, in eager
+        # and in ONNX's TopK alike; the class token first, untouched
+        order = ranked(state, self.scores(state, internals), stable=True)
         protected = int(state.cls_position is not None)
         keep = order[:, : protected + count]
         targets = order[:, protected + count : state.length - count]
