@@ -79,12 +79,13 @@ def require_onnx() -> None:
         )
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor):
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, optimize: bool = False):
     """``torch.onnx.export`` (the torch.export-based exporter) of ``model`` with a dynamic batch,
     its scans in the chunked formulation; returns the ``torch.onnx.ONNXProgram``.
 
-    The exporter's own graph optimiser is skipped: on these graphs it costs minutes and onnxruntime
-    optimises the graph itself when it loads it."""
+    The exporter's own graph optimiser (``optimize``, onnxscript's) is off by default: onnxruntime
+    optimises the graph itself when it loads it, and benchmarks/onnx_variants.py measured no gain
+    from it (docs/deploy.md)."""
     require_onnx()
     with scan_impl(model, "chunked"), torch.no_grad():
         program = torch.onnx.export(
@@ -96,7 +97,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor):
             output_names=[OUTPUT_NAME],
             opset_version=ONNX_OPSET,
             custom_translation_table={torch.ops.aten.sort.stable: _onnx_sort_stable},
-            optimize=False,
+            optimize=optimize,
             verbose=False,
         )
     return program
@@ -127,11 +128,13 @@ class OnnxRunner:
         except ImportError:
             raise ImportError("running ONNX files needs onnxruntime: pip install 'mambatr[export]'") from None
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, options=None) -> None:
+        """``options``: an ``onnxruntime.SessionOptions`` (default: onnxruntime's, all graph
+        optimisations); ``threads`` sets its intra-op thread count."""
         self.require()
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
+        options = options or onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
-CHUNK = 8
+CHUNK = 16
 CLAMP = 80.0
 
 
@@ -37,28 +37,58 @@ def _sequential(log_decay: Tensor, inputs: Tensor) -> Tensor:
     return torch.stack(states, dim=1)
 
 
+def _within_chunks(a: Tensor, b: Tensor) -> Tensor:
+    """States of s_t = exp(a_t) * s_{t-1} + b_t along dims (1, 2) of (batch, chunks, CHUNK, ...) tensors
+    (``a`` clamped): each chunk's local states from a zero start by a loop of CHUNK - 1 steps over all
+    chunks at once, its cumulative log-decay by one cumulative sum, the chunks' start states one level up.
+    Each (batch, chunks, ...) slice is taken once (``unbind``: one Split in ONNX, not a node per step)."""
+    decays, drives = torch.exp(a).unbind(2), b.unbind(2)
+    local = [drives[0]]
+    for decay, drive in zip(decays[1:], drives[1:], strict=True):
+        local.append(decay * local[-1] + drive)
+    local = torch.stack(local, dim=2)
+    cum = a.cumsum(dim=2)
+    ends = linear_recurrence(cum[:, :, -1], local[:, :, -1])  # the true states at the chunks' ends
+    starts = F.pad(ends[:, :-1], [0, 0] * (a.ndim - 3) + [1, 0])  # from the previous chunk's end
+    return local + torch.exp(cum.clamp(min=-CLAMP)) * starts[:, :, None]
+
+
 def linear_recurrence(log_decay: Tensor, inputs: Tensor) -> Tensor:
     """States s_t = exp(log_decay_t) * s_{t-1} + inputs_t along dim 1 (s_{-1} = 0), same shape."""
     length = inputs.shape[1]
     if length <= CHUNK:
         return _sequential(log_decay, inputs)
-    pad = (-length) % CHUNK
+    chunks = -(-length // CHUNK)
     trailing = [0, 0] * (inputs.ndim - 2)
-    a = F.pad(log_decay.clamp(min=-CLAMP), [*trailing, 0, pad])  # padded steps: decay 1, input 0
-    b = F.pad(inputs, [*trailing, 0, pad])
-    chunks = a.shape[1] // CHUNK
-    a = a.unflatten(1, (chunks, CHUNK))
-    b = b.unflatten(1, (chunks, CHUNK))
-    d = torch.exp(a)
-    local, cum = [b[:, :, 0]], [a[:, :, 0]]
-    for t in range(1, CHUNK):
-        local.append(d[:, :, t] * local[-1] + b[:, :, t])
-        cum.append(cum[-1] + a[:, :, t])
-    local, cum = torch.stack(local, dim=2), torch.stack(cum, dim=2)
-    ends = linear_recurrence(cum[:, :, -1], local[:, :, -1])  # the true states at the chunks' ends
-    starts = F.pad(ends[:, :-1], [*trailing, 1, 0])  # each chunk starts from the previous one's end
-    states = local + torch.exp(cum.clamp(min=-CLAMP)) * starts[:, :, None]
-    return states.flatten(1, 2)[:, :length]
+    pad = [*trailing, 0, chunks * CHUNK - length]  # padded steps: decay 1, input 0
+
+    def chunked(t: Tensor) -> Tensor:
+        return F.pad(t, pad).unflatten(1, (chunks, CHUNK))
+
+    return _within_chunks(chunked(log_decay.clamp(min=-CLAMP)), chunked(inputs)).flatten(1, 2)[:, :length]
+
+
+def step_terms(
+    u: Tensor,
+    delta: Tensor,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    gap: Tensor | None,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    """(decay timescale, delta * u), both (batch, length, E) in u's compute dtype (float64 for float64
+    u, else float32): the reference scan's discretisation before A and B enter, gaps included."""
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta = u.to(dtype), delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    decay = delta
+    if gap is not None:  # the previous token's delta in scan order (zero before the first)
+        prev = F.pad(delta[:, 1:], [0, 0, 0, 1]) if reverse else F.pad(delta[:, :-1], [0, 0, 1, 0])
+        decay = delta + gap.to(dtype)[..., None] * prev
+    return decay, delta * u
 
 
 def discretized(
@@ -73,26 +103,21 @@ def discretized(
 ) -> tuple[Tensor, Tensor]:
     """(log-decay a_t * A, input delta_t u_t B_t), both (batch, length, E, N), in u's compute dtype:
     the reference scan's discretisation, gaps included, for the vectorised implementations."""
-    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
-    u, delta, A, B = (t.to(dtype) for t in (u, delta, A, B))  # noqa: N806
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)
-    if delta_softplus:
-        delta = F.softplus(delta)
-    decay = delta
-    if gap is not None:  # the previous token's delta in scan order (zero before the first)
-        prev = F.pad(delta[:, 1:], [0, 0, 0, 1]) if reverse else F.pad(delta[:, :-1], [0, 0, 1, 0])
-        decay = delta + gap.to(dtype)[..., None] * prev
-    return decay[..., None] * A, (delta * u)[..., None] * B[:, :, None, :]
+    decay, drive = step_terms(u, delta, delta_bias, delta_softplus, gap, reverse)
+    return decay[..., None] * A.to(decay.dtype), drive[..., None] * B.to(decay.dtype)[:, :, None, :]
 
 
 def readout(states: Tensor, u: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:  # noqa: N803
     """y_t = <s_t, C_t> + D u_t, gated by silu(z), in the states' dtype."""
-    y = (states * C.to(states.dtype)[:, :, None, :]).sum(-1)
+    return skip_and_gate((states * C.to(states.dtype)[:, :, None, :]).sum(-1), u, D, z)
+
+
+def skip_and_gate(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None) -> Tensor:  # noqa: N803
+    """y + D u, gated by silu(z), in y's dtype."""
     if D is not None:
-        y = y + u.to(states.dtype) * D.to(states.dtype)
+        y = y + u.to(y.dtype) * D.to(y.dtype)
     if z is not None:
-        y = y * F.silu(z.to(states.dtype))
+        y = y * F.silu(z.to(y.dtype))
     return y
 
 
@@ -109,10 +134,26 @@ def selective_scan_chunked(
     gap: Tensor | None = None,
     reverse: bool = False,
 ) -> Tensor:
-    """The reference scan's semantics (mambatr.ops.reference), in float32 (float64 for float64 u)."""
-    log_decay, inputs = discretized(u, delta, A, B, delta_bias, delta_softplus, gap, reverse)
+    """The reference scan's semantics (mambatr.ops.reference), in float32 (float64 for float64 u).
+
+    Only (batch, length, E) and (batch, length, N) tensors are flipped (a reverse scan is the forward
+    scan of the flipped sequence, gaps included), padded to whole chunks and cut back; the
+    (batch, length, E, N) terms are formed once, in chunk layout, and read out by a matrix product."""
     if reverse:
-        states = linear_recurrence(log_decay.flip(1), inputs.flip(1)).flip(1)
-    else:
-        states = linear_recurrence(log_decay, inputs)
-    return readout(states, u, C, D, z).to(u.dtype)
+        u, delta, B, C, z, gap = (None if t is None else t.flip(1) for t in (u, delta, B, C, z, gap))  # noqa: N806
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap).flip(1)
+    decay, drive = step_terms(u, delta, delta_bias, delta_softplus, gap, reverse=False)
+    dtype, length = decay.dtype, u.shape[1]
+    A, B, C = A.to(dtype), B.to(dtype), C.to(dtype)  # noqa: N806
+    if length <= CHUNK:
+        states = _sequential(decay[..., None] * A, drive[..., None] * B[:, :, None, :])
+        return readout(states, u, C, D, z).to(u.dtype)
+    chunks = -(-length // CHUNK)
+
+    def chunked(t: Tensor) -> Tensor:  # (batch, chunks, CHUNK, X); padded steps: decay 1, input 0
+        return F.pad(t, [0, 0, 0, chunks * CHUNK - length]).unflatten(1, (chunks, CHUNK))
+
+    log_decay = (chunked(decay)[..., None] * A).clamp(min=-CLAMP)
+    states = _within_chunks(log_decay, chunked(drive)[..., None] * chunked(B)[..., None, :])
+    y = (states @ chunked(C)[..., None]).squeeze(-1).flatten(1, 2)[:, :length]
+    return skip_and_gate(y, u, D, z).to(u.dtype)
