@@ -5,7 +5,13 @@ is solved in chunks of ``CHUNK`` tokens, all chunks at once: a loop of ``CHUNK``
 (batch, chunks, ...) slices gives each chunk's local states (from a zero start) and its cumulative
 log-decay S_t; the states at the chunks' ends follow the same recurrence one level up (decay exp(S_end),
 input the local end state), solved the same way; then s_t = local_t + exp(S_t) * s_start. The graph has
-about CHUNK * log_CHUNK(L) small steps per scan (17 for 197 tokens), the work stays O(L E N).
+about CHUNK * log_CHUNK(L) small steps per scan (27 for 197 tokens), the work stays O(L E N).
+
+What costs in onnxruntime is each pass over a (batch, L, E, N) tensor (every node writes its output),
+so those are formed once, already in chunk layout, and touched as few times as possible: the reverse
+scan flips, and the padding to whole chunks pads, only the (batch, L, E) / (batch, L, N) inputs; S_t is
+one cumulative sum; each loop takes its slices by one ``unbind``; the readout is a matrix product.
+CHUNK = 16 measured fastest of 4 / 8 / 16 / 32 (benchmarks/onnx_variants.py, docs/deploy.md).
 
 Numerically it is the reference loop's arithmetic regrouped: every factor is a decay <= 1 and every
 product of decays is formed as exp of a sum of log-decays, so nothing can overflow in float32. Log-
