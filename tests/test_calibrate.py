@@ -225,8 +225,14 @@ def test_the_prefix_cache_finds_the_same_schedule_as_full_forwards(family, metho
     else:
         torch.manual_seed(0)
         model = mambatr.create_model(
-            "plainmamba_custom", img_size=24, patch_size=4, in_chans=1, num_classes=10, embed_dim=16,
-            depth=5, d_state=4,
+            "plainmamba_custom",
+            img_size=24,
+            patch_size=4,
+            in_chans=1,
+            num_classes=10,
+            embed_dim=16,
+            depth=5,
+            d_state=4,
         ).eval()
         x = torch.randn(5, 1, 24, 24, generator=torch.Generator().manual_seed(1))
     common = dict(step=2, batch_size=2, progress=False)  # batches of 2: the cache keeps one per batch
