@@ -26,6 +26,7 @@ from mambatr.data import DatasetError, ImageFolder, UnreadableImageError, load_r
 from mambatr.evaluate import evaluate
 from mambatr.finite import NonFiniteError
 from mambatr.outputs import OutputWriteError, check_writable_file, write_text_atomic
+from mambatr.reduction.recipe import Recipe
 from mambatr.reduction.schedule import Schedule, ScheduleError, architecture_of
 
 SMALL = dict(
@@ -326,12 +327,20 @@ def test_a_key_given_twice_is_refused(schedule_file):
         Schedule.load(path)
 
 
-def test_every_schedule_in_the_repository_loads():
-    files = [path for path in (REPO / "docs").rglob("*.json") if "mambatr-schedule" in path.read_text()]
+def test_every_schedule_and_recipe_in_the_repository_loads():
+    documents = {path: json.loads(path.read_text()) for path in (REPO / "docs").rglob("*.json")}
+    files = [path for path, data in documents.items() if _format(data) == "mambatr-schedule/1"]
     files += sorted((REPO / "src" / "mambatr" / "schedules").glob("*.json"))
     assert len(files) >= 3
     for path in files:
         assert Schedule.load(path).to_dict() == json.loads(path.read_text()), path
+    recipes = [path for path, data in documents.items() if _format(data) == "mambatr-recipe/1"]
+    for path in recipes:  # a recipe's schedule is checked as a schedule file is
+        assert Recipe.load(path).to_dict() == documents[path], path
+
+
+def _format(data: object) -> object:
+    return data.get("format") if isinstance(data, dict) else None
 
 
 def test_a_schedule_of_another_model_is_refused_before_work(tiny, capsys, schedule_file):
