@@ -78,6 +78,8 @@ def test_an_accuracy_budget_finds_the_most_flops_that_keep_it():
     assert result.pick.kl <= 1e-4 and result.pick.flops_reduction == max(c.flops_reduction for c in kept)
     assert result.pick.flops_reduction > 0
     assert result.schedule.flops_reduction_target == result.pick.flops_reduction
+    with pytest.raises(ValueError, match="no reduction keeps the accuracy budget {.max_kl.: 1e-15}"):
+        tune(model, images(count=4), budget=Budget(max_kl=1e-15), methods=["stm"], step=10, progress=False)
     with pytest.raises(ValueError, match="max_kl or min_agreement"):
         Budget()
     with pytest.raises(ValueError, match="min_agreement must be in"):

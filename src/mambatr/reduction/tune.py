@@ -350,11 +350,11 @@ def tune(
                 best_of[variant] = min(scored, key=search.rank)
         survivors = sorted(best_of, key=lambda v: search.rank(best_of[v]))
     bar.close()
-    if not survivors:
+    pick = best_of[survivors[0]] if survivors else None
+    if budget is not None and (pick is None or not pick.keeps_budget or pick.flops_reduction <= 0):
+        raise ValueError(_unkept(budget, search.candidates, len(images)))
+    if pick is None:
         raise ValueError("no method can reach that FLOPs reduction on this model; choose a smaller target")
-    pick = best_of[survivors[0]]
-    if not pick.keeps_budget or (budget is not None and pick.flops_reduction <= 0):
-        raise ValueError(f"no reduction keeps the accuracy budget {budget.to_dict()} on these images")
     seconds = round(time.perf_counter() - start, 1)
     schedule = Schedule(
         model=model_name,
@@ -376,3 +376,16 @@ def tune(
         command=command,
     )
     return TuneResult(schedule, pick, search.candidates, seconds, search.computed)
+
+
+def _unkept(budget: Budget, candidates: list[Candidate], images: int) -> str:
+    """Why an accuracy budget has no answer, with the reduction that came closest to keeping it."""
+    tried = [c for c in candidates if c.flops_reduction > 0]
+    closest = max(tried, key=lambda c: (c.images, c.agreement, -c.kl), default=None)
+    near = (
+        f"; the closest: {closest.variant} at {closest.flops_reduction:.1%} FLOPs reduction, "
+        f"{closest.agreement:.1%} top-1 agreement, KL {closest.kl:.3g} on {closest.images} images"
+        if closest is not None
+        else ""
+    )
+    return f"no reduction keeps the accuracy budget {budget.to_dict()} on these {images} images{near}"
