@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mambatr.finite import check_finite_logits
+from mambatr.finite import NonFiniteError, check_finite_logits
 from mambatr.models.backbone import Reduction
 from mambatr.reduction.api import apply, backbone_of, remove
 from mambatr.reduction.base import ReductionMethod
@@ -149,14 +149,9 @@ class _Search:
         store: Store,
         progress: bool,
     ) -> None:
-        self.model, self.images, self.batch_size, self.step, self.store = (
-            model,
-            images,
-            batch_size,
-            step,
-            store,
-        )
-        self.flops_reduction, self.budget, self.progress = flops_reduction, budget, progress
+        self.model, self.images, self.store = model, images, store
+        self.batch_size, self.step, self.progress = batch_size, step, progress
+        self.flops_reduction, self.budget = flops_reduction, budget
         self.config = backbone_of(model).config
         remove(model)
         dense_logits = batched_logits(model, images, batch_size)
@@ -254,7 +249,9 @@ class _Search:
                 progress=self.progress,
                 **dict(variant.options),
             )
-        except ValueError:
+        except NonFiniteError:
+            raise
+        except ValueError:  # no schedule of this method reaches the target
             return None
         return self.score(variant, schedule.removals, count, "calibrated", stage)
 
