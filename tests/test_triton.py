@@ -1,10 +1,12 @@
-"""impl="triton" without a GPU: dispatch and errors here; the kernels' values and gradients in Triton's
-interpreter, in a child process (tests/triton_interpreted.py).
+"""impl="triton" without a GPU: dispatch and errors here; the kernels' values and gradients, and the ops
+they are registered as, in Triton's interpreter, in child processes (tests/triton_interpreted.py,
+tests/triton_ops_interpreted.py).
 
 Triton reads TRITON_INTERPRET when it is imported (its own library functions are decorated then), so
 the variable must be set before a process imports triton at all. Setting it in this process would
-leak into every other test; `test_kernels_in_the_interpreter` runs tests/triton_interpreted.py in a
-child process with TRITON_INTERPRET=1 instead, and its output names any failing case.
+leak into every other test; `test_kernels_in_the_interpreter` and `test_operators_in_the_interpreter`
+run those files in a child process with TRITON_INTERPRET=1 instead, and its output names any failing
+case.
 """
 
 from __future__ import annotations
@@ -30,13 +32,23 @@ from mambatr.ops import (  # noqa: E402
 )
 
 
-def test_kernels_in_the_interpreter(request):
+def run_interpreted(request: pytest.FixtureRequest, cases: str) -> None:
+    """Run the test file ``cases`` in a child process with TRITON_INTERPRET=1; nothing may fail or skip."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cases = Path(__file__).with_name("triton_interpreted.py")
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(cases)]
+    path = Path(__file__).with_name(cases)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)]
     child = subprocess.run(command, cwd=request.config.rootpath, env=env, capture_output=True, text=True)
     summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ""
     assert child.returncode == 0 and "skipped" not in summary, child.stdout[-6000:] + child.stderr[-2000:]
+
+
+def test_kernels_in_the_interpreter(request):
+    run_interpreted(request, "triton_interpreted.py")
+
+
+def test_operators_in_the_interpreter(request):
+    """opcheck of the four Triton ops; torch.compile of a conv + scan (tests/triton_ops_interpreted.py)."""
+    run_interpreted(request, "triton_ops_interpreted.py")
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch):
@@ -134,11 +146,13 @@ class _FailingKernel:
         return launch
 
 
-def test_a_kernel_that_does_not_build_names_the_way_round():
-    from mambatr.ops.triton_launch import Launch
+def test_a_kernel_that_does_not_build_names_the_way_round(monkeypatch):
+    from mambatr.ops import triton_launch
 
+    # wrap_triton accepts only Triton kernels; outside tracing it hands the kernel back, as here
+    monkeypatch.setattr(triton_launch, "wrap_triton", lambda kernel: kernel)
     with pytest.raises(RuntimeError, match=r"_scan_fwd: triton .*PTXASError.*MAMBATR_OPS_IMPL=torch"):
-        Launch(_FailingKernel(), (1,), (), {}).run()
+        triton_launch.Launch(_FailingKernel(), (1,), (), {}).run()
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1"])

@@ -33,7 +33,9 @@ _used: dict[str, set[str]] = {}
 
 
 @functools.cache
+@torch.compiler.assume_constant_result  # torch.compile runs it while tracing (Dynamo traces past the cache)
 def cuda_package_available(package: str) -> bool:
+    """Whether ``package`` imports (once per process)."""
     try:
         importlib.import_module(package)
     except Exception:  # a broken CUDA build raises more than ImportError

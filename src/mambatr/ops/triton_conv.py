@@ -8,12 +8,14 @@ tile, the second gathers the input gradient from the K shifted output gradients.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
 
 from mambatr.ops import dispatch
-from mambatr.ops.triton_launch import Launch
+from mambatr.ops.triton_launch import Launch, keep_whole_when_traced
 
 Tensor = torch.Tensor
 
@@ -154,24 +156,53 @@ def backward_launches(x, weight, bias, silu, reverse, dout) -> tuple[list[Launch
     return [params, inputs], out
 
 
-class _CausalConv1dTriton(torch.autograd.Function):
-    """Saves only the inputs; the backward recomputes the pre-activation for SiLU's gradient."""
+@torch.library.triton_op("mambatr::triton_conv_fwd", mutates_args=())
+def conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool, reverse: bool) -> Tensor:
+    """The forward kernel on :func:`_prepared` inputs: y, in x's dtype."""
+    launch, y = forward_launch(x, weight, bias, silu, reverse)
+    launch.run()
+    return y
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, silu, reverse):  # type: ignore[override]
-        ctx.save_for_backward(x, weight, bias)
-        ctx.flags = (silu, reverse)
-        launch, y = forward_launch(x, weight, bias, silu, reverse)
+
+@torch.library.triton_op("mambatr::triton_conv_bwd", mutates_args=())
+def conv_bwd(
+    dout: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, silu: bool, reverse: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The two backward kernels (the first recomputes the pre-activation): (dx, dweight, dbias) in
+    x's / the weight's dtype; dbias is zeros without bias (as the C++ ``mambatr::conv_bwd``)."""
+    kernels, out = backward_launches(x, weight, bias, silu, reverse, dout)
+    for launch in kernels:
         launch.run()
-        return y
+    return out["dx"], out["dw"].sum(0), out["dbias"].sum(0)
 
-    @staticmethod
-    def backward(ctx, dout):  # type: ignore[override]
-        x, weight, bias = ctx.saved_tensors
-        kernels, out = backward_launches(x, weight, bias, *ctx.flags, dout)
-        for launch in kernels:
-            launch.run()
-        return out["dx"], out["dw"].sum(0), None if bias is None else out["dbias"].sum(0), None, None
+
+@conv_fwd.register_fake
+def _conv_fwd_fake(x: Tensor, *_: object) -> Tensor:
+    return x.new_empty(x.shape)
+
+
+@conv_bwd.register_fake
+def _conv_bwd_fake(dout: Tensor, x: Tensor, weight: Tensor, *_: object) -> tuple[Tensor, Tensor, Tensor]:
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0])
+
+
+def _conv_setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+    """Save only the inputs: the backward recomputes the pre-activation for SiLU's gradient."""
+    x, weight, bias, silu, reverse = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.flags = (silu, reverse)
+
+
+def _conv_backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+    x, weight, bias = ctx.saved_tensors
+    dx, dweight, dbias = conv_bwd(dout, x, weight, bias, *ctx.flags)
+    return dx, dweight, None if bias is None else dbias, None, None
+
+
+conv_fwd.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+if INTERPRETED:
+    for _op in (conv_fwd, conv_bwd):
+        keep_whole_when_traced(_op)
 
 
 def _prepared(x, weight, bias, silu, reverse) -> tuple:
@@ -204,4 +235,4 @@ def causal_conv1d_triton(
     (autograd casts their gradients back).
     """
     dispatch.check_triton_kernels("causal_conv1d", x.device, INTERPRETED)
-    return _CausalConv1dTriton.apply(*_prepared(x, weight, bias, silu, reverse))
+    return conv_fwd(*_prepared(x, weight, bias, silu, reverse))

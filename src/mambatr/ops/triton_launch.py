@@ -1,6 +1,7 @@
 """A Triton kernel launch as data, so the same launch can be run or compiled for a GPU without one.
 
-The launchers in triton_scan.py / triton_conv.py build :class:`Launch` records and run them; with
+The launchers in triton_scan.py / triton_conv.py build :class:`Launch` records, which the
+``torch.library.triton_op`` operators there run through ``torch.library.wrap_triton``; with
 meta tensors instead of real ones, :func:`compile_for_gpu` compiles exactly those launches ahead of
 time for a CUDA target (ptxas ships in the triton wheel), which is how tests/test_triton_compile.py
 and benchmarks/triton_compile.py check the kernels for sm_80 / sm_90 on a machine without a GPU.
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import triton
+from torch._library.custom_ops import CustomOpDef
+from torch._subclasses.functional_tensor import FunctionalTensorMode
+from torch.library import wrap_triton
 
 
 @dataclass(frozen=True)
@@ -31,12 +35,14 @@ class Launch:
     options: dict
 
     def run(self) -> None:
-        """Launch; a kernel Triton cannot build for this GPU raises a RuntimeError naming the way round."""
+        """Launch through ``wrap_triton``: traced as a kernel call (which Inductor compiles) when a
+        ``triton_op`` is traced on a GPU, a plain launch otherwise. A kernel Triton cannot build for
+        this GPU raises a RuntimeError naming the way round."""
         from triton.compiler.errors import CompilationError
         from triton.runtime.errors import OutOfResources, PTXASError
 
         try:
-            self.kernel[self.grid](*self.args, **self.options)
+            wrap_triton(self.kernel)[self.grid](*self.args, **self.options)
         except (CompilationError, PTXASError, OutOfResources) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise RuntimeError(
@@ -48,6 +54,23 @@ class Launch:
     @property
     def name(self) -> str:
         return self.kernel.__name__
+
+
+def keep_whole_when_traced(op: CustomOpDef) -> None:
+    """Make AOTAutograd (torch.compile, opcheck's aot_dispatch tests) keep ``op`` as one graph node
+    instead of tracing into its kernels, as torch.export does with every triton_op.
+
+    For the interpreter (TRITON_INTERPRET=1): ``wrap_triton`` hands an interpreted kernel back as it
+    is, since it lacks the JIT metadata a traced kernel call needs (torch/_library/triton.py,
+    pytorch/pytorch#152868), so tracing into the op would run the interpreter on FakeTensors, whose
+    argument copy (``set_`` of a host storage) fails. Kept whole, the op's fake kernel gives the
+    shapes and the real op runs the kernels when the graph runs.
+    """
+
+    def whole(mode: FunctionalTensorMode, func: Any, types: Any, args: tuple, kwargs: dict) -> Any:
+        return mode.__torch_dispatch__(func, types, args, kwargs)
+
+    op.register_torch_dispatch(FunctionalTensorMode, whole)
 
 
 @dataclass(frozen=True)

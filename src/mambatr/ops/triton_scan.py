@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
 from mambatr.ops import dispatch
-from mambatr.ops.triton_launch import Launch
+from mambatr.ops.triton_launch import Launch, keep_whole_when_traced
 
 Tensor = torch.Tensor
 
@@ -362,37 +363,76 @@ def backward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, dout)
     return Launch(_scan_bwd, (batch, blocks), args, flags), out
 
 
-class _SelectiveScanTriton(torch.autograd.Function):
-    """Saves only the inputs; the backward kernel recomputes the states."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, bias, gap, softplus, reverse, chunks):  # type: ignore[override]
-        ctx.save_for_backward(u, delta, A, B, C, D, z, bias, gap)
-        ctx.flags = (softplus, reverse)
-        launches, y = forward_launches(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, chunks)
-        for launch in launches:
-            launch.run()
-        return y
-
-    @staticmethod
-    def backward(ctx, dout):  # type: ignore[override]
-        u, delta, A, B, C, D, z, bias, gap = ctx.saved_tensors
-        launch, out = backward_launch(u, delta, A, B, C, D, z, bias, gap, *ctx.flags, dout)
+@torch.library.triton_op("mambatr::triton_scan_fwd", mutates_args=())
+def scan_fwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+    delta_bias: Tensor | None, gap: Tensor | None, softplus: bool, reverse: bool, chunks: int,
+) -> Tensor:  # fmt: skip
+    """The forward's kernels on :func:`_prepared` inputs: y, in u's dtype."""
+    launches, y = forward_launches(u, delta, A, B, C, D, z, delta_bias, gap, softplus, reverse, chunks)
+    for launch in launches:
         launch.run()
-        return (
-            out["du"],
-            out["ddelta"],
-            out["dA"].sum(0),
-            out["dB"].sum(1).to(B.dtype),
-            out["dC"].sum(1).to(C.dtype),
-            None if D is None else out["dD"].sum(0),
-            out["dz"],
-            None if bias is None else out["dbias"].sum(0),
-            None,
-            None,
-            None,
-            None,
-        )
+    return y
+
+
+@torch.library.triton_op("mambatr::triton_scan_bwd", mutates_args=())
+def scan_bwd(
+    dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+    z: Tensor | None, delta_bias: Tensor | None, gap: Tensor | None, softplus: bool, reverse: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """The backward kernel (it recomputes the states): (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias),
+    each in its input's dtype; dz is empty without z, dD and ddelta_bias are zeros without D / bias
+    (as the C++ ``mambatr::scan_bwd``)."""
+    launch, out = backward_launch(u, delta, A, B, C, D, z, delta_bias, gap, softplus, reverse, dout)
+    launch.run()
+    return (
+        out["du"],
+        out["ddelta"],
+        out["dA"].sum(0),
+        out["dB"].sum(1).to(B.dtype),
+        out["dC"].sum(1).to(C.dtype),
+        out["dD"].sum(0),
+        u.new_empty(0) if z is None else out["dz"],
+        out["dbias"].sum(0),
+    )
+
+
+@scan_fwd.register_fake
+def _scan_fwd_fake(u: Tensor, *_: object) -> Tensor:
+    return u.new_empty(u.shape)
+
+
+@scan_bwd.register_fake
+def _scan_bwd_fake(
+    dout: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+    z: Tensor | None, *_: object,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    E, N = A.shape
+    rows, states = u.shape, (*u.shape[:2], N)
+    dz = u.new_empty(0) if z is None else z.new_empty(rows)
+    parameters = (A.new_empty(E, N), B.new_empty(states), C.new_empty(states), A.new_empty(E))
+    return u.new_empty(rows), delta.new_empty(rows), *parameters, dz, A.new_empty(E)
+
+
+def _scan_setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
+    """Save only the inputs: the backward kernel recomputes the states."""
+    *tensors, softplus, reverse, _ = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.flags = (softplus, reverse)
+
+
+def _scan_backward(ctx: Any, dout: Tensor) -> tuple[Tensor | None, ...]:
+    """Gradients of the tensors that are there (D, z, delta_bias, gap may be None; gap gets none)."""
+    D, z, delta_bias = ctx.saved_tensors[5:8]
+    du, ddelta, dA, dB, dC, dD, dz, dbias = scan_bwd(dout, *ctx.saved_tensors, *ctx.flags)
+    optional = [None if t is None else grad for grad, t in ((dD, D), (dz, z), (dbias, delta_bias))]
+    return du, ddelta, dA, dB, dC, *optional, None, None, None, None
+
+
+scan_fwd.register_autograd(_scan_backward, setup_context=_scan_setup_context)
+if INTERPRETED:
+    for _op in (scan_fwd, scan_bwd):
+        keep_whole_when_traced(_op)
 
 
 def _prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse) -> tuple:
@@ -447,4 +487,4 @@ def selective_scan_triton(
     """
     dispatch.check_triton_kernels("selective_scan", u.device, INTERPRETED)
     prepared = _prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, gap, reverse)
-    return _SelectiveScanTriton.apply(*prepared, forward_chunks())
+    return scan_fwd(*prepared, forward_chunks())
