@@ -37,6 +37,18 @@ def test_prunes_lowest_clipped_output_and_keeps_order():
     assert forward_gaps.tolist() == [[0, 1, 1, 0]] and backward_gaps.tolist() == [[1, 1, 0, 0]]
 
 
+def test_clipped_ties_prune_the_later_tokens():
+    """Tokens whose outputs are all negative clip to the same score 0; the stable ranking keeps the
+    earlier ones, as ONNX's TopK does (an unstable sort broke such ties per runtime and thread count)."""
+    tokens = 40
+    y_f = torch.full((1, tokens, 2), -1.0)  # every token clips to 0: all tied
+    y_f[0, 0] = 1.0  # but the class token's neighbour, which ranks first
+    hidden = torch.arange(tokens * 3, dtype=torch.float32).reshape(1, tokens, 3)
+    state = TokenState.initial(hidden, 1).with_streams(hidden, hidden)
+    out = HSA().reduce(state, _internals(y_f, torch.zeros_like(y_f)), count=30)
+    assert out.positions.tolist() == [list(range(10))]
+
+
 def test_alignment_changes_logits(tiny_vim):
     model = tiny_vim()
     images = torch.randn(2, 3, 16, 16)

@@ -52,7 +52,7 @@ class EViT(ReductionMethod):
 
     def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         score = self.scores(state, internals)
-        order = ranked(state, score, stable=True)
+        order = ranked(state, score)
         if not self.fuse:
             return prune_lowest(state, order, count)
         keep, fused = order[:, : state.length - count - 1], order[:, state.length - count - 1 :]

@@ -110,7 +110,7 @@ class MTR(ReductionMethod):
     def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         # stable: exact ties (equal scores, see direction_sum) keep the earlier token first, in eager
         # and in ONNX's TopK alike; the class token first, untouched
-        order = ranked(state, self.scores(state, internals), stable=True)
+        order = ranked(state, self.scores(state, internals))
         protected = int(state.cls_position is not None)
         keep = order[:, : protected + count]
         targets = order[:, protected + count : state.length - count]

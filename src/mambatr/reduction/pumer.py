@@ -67,5 +67,5 @@ class PuMer(ReductionMethod):
     def step(self, state: TokenState, internals: BlockInternals, count: int) -> TokenState:
         pruned, merged = self.split(count)
         if pruned:
-            state = prune_lowest(state, ranked(state, class_similarity(state), stable=True), pruned)
+            state = prune_lowest(state, ranked(state, class_similarity(state)), pruned)
         return alternate_plan(state, state.hidden.clamp(min=0), merged, self.weights).apply(state)

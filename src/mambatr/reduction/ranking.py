@@ -30,10 +30,13 @@ def rank_macs(tokens: int) -> int:
     return tokens * max(1, math.ceil(math.log2(max(tokens, 2))))
 
 
-def ranked(state: TokenState, score: torch.Tensor, stable: bool = False) -> torch.Tensor:
-    """(B, L) token indices by descending ``score``, the class token first (it is never removed)."""
+def ranked(state: TokenState, score: torch.Tensor) -> torch.Tensor:
+    """(B, L) token indices by descending ``score``, the class token first (it is never removed).
+
+    Stable: a tie keeps the earlier token, as ONNX's ``TopK`` does, so an exported model ranks exactly
+    as eager does (an unstable sort breaks ties differently per runtime and thread count)."""
     score = score.masked_fill(~state.reducible_mask(), float("inf"))
-    return score.argsort(dim=1, descending=True, stable=stable)
+    return score.argsort(dim=1, descending=True, stable=True)
 
 
 def prune_lowest(state: TokenState, order: torch.Tensor, count: int) -> TokenState:
