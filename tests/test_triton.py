@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from test_scan import make_inputs  # noqa: E402
 
@@ -162,3 +162,86 @@ def test_the_chunk_count_must_be_a_whole_number(monkeypatch, value):
     monkeypatch.setenv("MAMBATR_TRITON_CHUNKS", value)
     with pytest.raises(ValueError, match=r"\$MAMBATR_TRITON_CHUNKS=.*whole number of chunks"):
         forward_chunks()
+
+
+class _Traced(Exception):
+    """Stops AOTAutograd once the forward graph is traced: fake CUDA tensors cannot run."""
+
+
+def aot_kernel_calls(op, args: tuple, dynamic: bool) -> list[str]:
+    """The Triton kernels (in order) of the graph AOTAutograd traces for ``op`` on CUDA tensors, as
+    torch.compile would on a GPU; here the CUDA tensors are fake (no GPU needed to trace)."""
+    from torch._functorch.aot_autograd import aot_function
+    from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    cuda = torch.device("cuda", 0)
+
+    def fake(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        return FakeTensor(mode, torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta"), cuda)
+
+    graphs = []
+
+    def record(gm: torch.fx.GraphModule, _example_inputs: list) -> None:
+        graphs.append(gm)
+        raise _Traced
+
+    with mode, pytest.raises(_Traced):
+        aot_function(op, fw_compiler=record, dynamic=dynamic)(*map(fake, args))
+    (graph,) = graphs
+    calls, names = [node for node in graph.graph.nodes if node.op == "call_function"], []
+    assert not any("mambatr" in str(node.target) for node in calls)  # decomposed into its kernels
+    for node in calls:
+        if "triton_kernel_wrapper" in str(node.target):
+            kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+            while not isinstance(kernel, triton.runtime.JITFunction):  # wrap_triton's autotuner (num_warps)
+                kernel = kernel.fn
+            names.append(kernel.__name__)
+    return names
+
+
+@pytest.mark.skipif(dispatch.triton_interpreter(), reason="traces the GPU kernels, not interpreted ones")
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_on_a_gpu_torch_compile_sees_the_kernels(dynamic):
+    """The triton_ops decompose into their wrap_triton kernel calls when traced for CUDA tensors (what
+    Inductor compiles): one call per Launch of the launchers, forward and backward, scan and conv."""
+    from mambatr.ops import triton_conv, triton_scan  # noqa: F401  (triton_conv: registers the conv ops)
+
+    inputs, gaps = make_inputs(2, 5, 6, 3, D=True, z=False, bias=True, gap=True)
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    args = triton_scan._prepared(*(inputs[k] for k in names), True, gaps, False)
+    ops = torch.ops.mambatr
+    assert aot_kernel_calls(lambda *a: ops.triton_scan_fwd(*a, 1), args, dynamic) == ["_scan_fwd"]
+    chunked = aot_kernel_calls(lambda *a: ops.triton_scan_fwd(*a, 3), args, dynamic)
+    assert chunked == ["_scan_chunk_states", "_scan_fwd"]
+    dout = torch.randn(2, 5, 6)
+    assert aot_kernel_calls(ops.triton_scan_bwd, (dout, *args), dynamic) == ["_scan_bwd"]
+    x, w = torch.randn(2, 5, 6), torch.randn(6, 4)
+    conv = aot_kernel_calls(lambda *a: ops.triton_conv_fwd(*a, True, False), (x, w, None), dynamic)
+    assert conv == ["_conv_fwd"]
+    backward = aot_kernel_calls(lambda *a: ops.triton_conv_bwd(*a, True, False), (dout, x, w, None), dynamic)
+    assert backward == ["_conv_bwd_params", "_conv_bwd_input"]
+
+
+@pytest.mark.skipif(
+    dispatch.triton_interpreter(), reason="torch.library finds JIT kernels, not interpreted ones"
+)
+def test_the_ops_name_their_kernels_for_the_compile_cache():
+    """torch.compile's AOTAutograd cache key holds the source of each triton_op's kernels, which
+    torch.library finds by reading the op's source: a kernel it missed could be edited and still be
+    served from the cache."""
+    from torch._library.triton import get_triton_kernels_for_op
+
+    from mambatr.ops import triton_conv, triton_scan  # noqa: F401  (registers the ops)
+
+    ops = ("triton_scan_fwd", "triton_scan_bwd", "triton_conv_fwd", "triton_conv_bwd")
+    found = {op: [kernel.__name__ for kernel in get_triton_kernels_for_op(f"mambatr::{op}")] for op in ops}
+    assert found == {
+        "triton_scan_fwd": ["_scan_chunk_states", "_scan_fwd"],
+        "triton_scan_bwd": ["_scan_bwd"],
+        "triton_conv_fwd": ["_conv_fwd"],
+        "triton_conv_bwd": ["_conv_bwd_params", "_conv_bwd_input"],
+    }

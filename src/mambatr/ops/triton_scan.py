@@ -319,7 +319,9 @@ def forward_launches(
     chunk = triton.cdiv(L, chunks)
     grid = (batch, blocks, triton.cdiv(L, chunk))
     states = decays = pointers[2]  # one chunk: never read
-    launches = []
+    # each kernel named in an assignment or the return: torch.library finds a triton_op's kernels by
+    # reading its source (and this function's), for torch.compile's AOTAutograd cache key
+    passes: list[Launch] = []
     if grid[2] > 1:
         states = torch.empty(
             batch * blocks * grid[2] * flags["BLOCK_E"] * flags["BLOCK_N"], dtype=A.dtype, device=u.device
@@ -329,10 +331,9 @@ def forward_launches(
         row_strides = (*strides[:6], strides[10])
         pass_flags = {k: v for k, v in flags.items() if k not in ("HAS_D", "HAS_Z")}
         args = (u_, delta_, A_, B_, bias_, gap_, states, decays, L, E, N, chunk, *row_strides)
-        launches.append(Launch(_scan_chunk_states, grid, args, pass_flags))
+        passes = [Launch(_scan_chunk_states, grid, args, pass_flags)]
     args = (*pointers, y, states, decays, L, E, N, chunk, *strides, L * E, E)
-    launches.append(Launch(_scan_fwd, grid, args, flags))
-    return launches, y
+    return [*passes, Launch(_scan_fwd, grid, args, flags)], y
 
 
 def backward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, dout) -> tuple[Launch, dict]:
@@ -355,8 +356,12 @@ def backward_launch(u, delta, A, B, C, D, z, bias, gap, softplus, reverse, dout)
     )
     out["dD"], out["dbias"] = torch.empty(2, batch, E, **acc)
     out["dB"], out["dC"] = torch.empty(2, batch, blocks, L, N, **acc)  # per channel block
+    # without z, dz's slot gets a buffer of its own, never written: were it du, a traced kernel call
+    # whose stores torch cannot analyse (it then counts every pointer as written) would take du's
+    # value from the unwritten dz copy
+    dz = u.new_empty(1) if z is None else out["dz"]
     args = (
-        *pointers, dout, out["du"], out["ddelta"], out["du"] if z is None else out["dz"], out["dA"],
+        *pointers, dout, out["du"], out["ddelta"], dz, out["dA"],
         out["dB"], out["dC"], out["dD"], out["dbias"], scratch, L, E, N, chunk, n_chunks, *strides,
         *dout.stride()[:2], L * E, E,
     )  # fmt: skip
