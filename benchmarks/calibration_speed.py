@@ -16,10 +16,9 @@ import json
 import time
 
 import torch
+from search_workload import BlockWork, shipped_model_and_val_images
 
 import mambatr
-from mambatr.data.tasks import TESTBEDS
-from mambatr.models import model_entry
 from mambatr.reduction.prefix_cache import DEFAULT_CACHE_BYTES
 
 
@@ -33,26 +32,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = mambatr.create_model(args.model, pretrained=True).eval()
-    testbed = TESTBEDS[model_entry(args.model).dataset]
-    images = testbed.to_input(testbed.load("val")[0][: args.images])
-    work = [0]
-
-    def count(block: torch.nn.Module, inputs: tuple) -> None:
-        work[0] += inputs[0].shape[0] * inputs[0].shape[1]  # images x tokens entering the block
-
-    for layer in model.layers:
-        layer.register_forward_pre_hook(count)
+    model, images = shipped_model_and_val_images(args.model, args.images)
+    work = BlockWork(model)
     runs = {}
     for name, cache_bytes in (("cached", DEFAULT_CACHE_BYTES), ("full", None)):
-        start, cpu, work[0] = time.perf_counter(), time.process_time(), 0
+        start, cpu = time.perf_counter(), time.process_time()
+        work.reset()
         schedule = mambatr.calibrate(
             model, args.method, args.flops_reduction, images, cache_bytes=cache_bytes, progress=True
         )
         runs[name] = {
             "seconds": round(time.perf_counter() - start, 1),
             "cpu_seconds": round(time.process_time() - cpu, 1),
-            "token_blocks": work[0],
+            "token_blocks": work.count,
             "removals": schedule.removals,
             "objective": schedule.objective,
             "evaluations": schedule.calibration["evaluations"],

@@ -16,10 +16,9 @@ import json
 
 import torch
 import torch.nn.functional as F
+from search_workload import shipped_model_and_val_images
 
 import mambatr
-from mambatr.data.tasks import TESTBEDS
-from mambatr.models import model_entry
 from mambatr.reduction.calibration import agreement, batched_logits, mean_kl
 from mambatr.table import markdown_table
 
@@ -35,9 +34,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = mambatr.create_model(args.model, pretrained=True).eval()
-    testbed = TESTBEDS[model_entry(args.model).dataset]
-    images = testbed.to_input(testbed.load("val")[0][: args.images])
+    model, images = shipped_model_and_val_images(args.model, args.images)
     candidates = [
         (m, {"method": m, "flops_reduction": args.flops_reduction}) for m in args.methods.split(",") if m
     ]

@@ -18,10 +18,9 @@ import json
 import time
 
 import torch
+from search_workload import BlockWork, shipped_model_and_val_images
 
 import mambatr
-from mambatr.data.tasks import TESTBEDS
-from mambatr.models import model_entry
 
 
 def main() -> None:
@@ -34,16 +33,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = mambatr.create_model(args.model, pretrained=True).eval()
-    testbed = TESTBEDS[model_entry(args.model).dataset]
-    images = testbed.to_input(testbed.load("val")[0][: args.images])
-    work = [0]
-
-    def count(block: torch.nn.Module, inputs: tuple) -> None:
-        work[0] += inputs[0].shape[0] * inputs[0].shape[1]  # images x tokens entering the block
-
-    for layer in model.layers:
-        layer.register_forward_pre_hook(count)
+    model, images = shipped_model_and_val_images(args.model, args.images)
+    work = BlockWork(model)
     searches = {
         "calibrate": lambda: mambatr.calibrate(
             model, args.method, args.flops_reduction, images, progress=True
@@ -52,12 +43,13 @@ def main() -> None:
     }
     runs = {}
     for name, search in searches.items():
-        start, cpu, work[0] = time.perf_counter(), time.process_time(), 0
+        start, cpu = time.perf_counter(), time.process_time()
+        work.reset()
         found = search()
         runs[name] = {
             "seconds": round(time.perf_counter() - start, 1),
             "cpu_seconds": round(time.process_time() - cpu, 1),
-            "token_blocks": work[0],
+            "token_blocks": work.count,
         }
         if name == "tune":
             runs[name]["pick"] = found.schedule.method
