@@ -513,24 +513,35 @@ def cmd_export(args: argparse.Namespace) -> None:
     which, inputs, run = typed(args)
     reduction = reduction_from(args)
     check_writable_file(args.out, "--out")
+    if args.onnx_ops != "standard" and args.format != "onnx":
+        raise ValueError(f"--onnx-ops {args.onnx_ops} needs --format onnx")
     if args.format == "onnx":
         try:
             deploy.require_onnx()
             deploy.OnnxRunner.require()
         except ImportError as error:
             raise ValueError(str(error)) from None
+    if args.onnx_ops == "custom":
+        from mambatr.ops import ort_build
+
+        try:
+            ort_build.build()  # before any work: a missing compiler fails here, in one line
+        except RuntimeError as error:
+            raise ValueError(str(error)) from None
     if model_entry(which.model).dataset == "kinetics":
         raise ValueError(f"export compares on single clips; {which.model} evaluates Kinetics videos by views")
     run.start()
     model = _load_model(which)
     summary: dict = {"model": which.model, "checkpoint": which.checkpoint, "format": args.format}
+    if args.format == "onnx":
+        summary["onnx_ops"] = args.onnx_ops
     if reduction.method is not None:
         summary.update(_reduction_summary(reduction.method, reduction.apply(model)))
     batches, total = eval_batches(which.model, inputs, model, run.context)
     first = next(batches)  # the export's example batch: the first --batch-size images, compared too
     example, batches = first[0], itertools.chain([first], batches)
     start = time.perf_counter()
-    deploy.save(model, example, args.format, args.out)
+    deploy.save(model, example, args.format, args.out, onnx_ops=args.onnx_ops)
     summary.update(out=str(args.out), export_s=time.perf_counter() - start)
     exported = deploy.load(args.format, args.out, run.threads)
     summary.update(deploy.agreement(model, exported, batches, total, desc=f"compare {args.format}"))
@@ -965,6 +976,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_runtime_args(export, device=None)
     export.add_argument("--format", choices=deploy.FORMATS, default="onnx", help="pt2 or onnx (default)")
+    export.add_argument(
+        "--onnx-ops",
+        choices=deploy.ONNX_OPS,
+        default="standard",
+        help="standard (default: runs anywhere) or custom (the scan and conv as mambatr's onnxruntime "
+        "custom ops: faster, needs their library, see docs/deploy.md)",
+    )
     export.add_argument("--out", required=True, help="file to write (e.g. model.onnx)")
     add_reduction_args(export)
     export.set_defaults(run=cmd_export)

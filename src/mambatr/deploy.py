@@ -9,10 +9,15 @@ static but the batch size: both formats keep the batch dimension dynamic.
   in its chunked formulation (``mambatr.ops.chunked_scan``: no loop over time), the conv as
   ``Conv``; stable sorts (``argsort(stable=True)``, used by the methods' rankings) become ``TopK``,
   which ONNX defines to break ties by the lower index, as a stable sort does.
+* **ONNX with custom ops** (``onnx_ops="custom"``, opt-in): the scan and the conv as nodes of the
+  "mambatr" domain (``SelectiveScan``, ``CausalConv1d``), everything else standard. onnxruntime runs
+  them from a small library built from mambatr's C++ sources (``mambatr.ops.ort_build``), registered
+  with ``SessionOptions.register_custom_ops_library``; :class:`OnnxRunner` does that itself.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Iterator
@@ -25,6 +30,7 @@ from tqdm import tqdm
 from mambatr.outputs import atomic_path
 
 FORMATS = ("pt2", "onnx")
+ONNX_OPS = ("standard", "custom")
 MAX_BATCH = 4096
 ONNX_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -64,6 +70,55 @@ def _onnx_sort_stable(self, stable=None, dim: int = -1, descending: bool = False
     return op.TopK(self, size, axis=dim, largest=int(descending), sorted=1)
 
 
+CUSTOM_OPS = {  # name -> (inputs, how many of them are required, the two int attributes)
+    "SelectiveScan": (
+        ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "gap"),
+        5,
+        ("softplus", "reverse"),
+    ),
+    "CausalConv1d": (("x", "weight", "bias"), 2, ("silu", "reverse")),
+}
+
+
+@functools.cache
+def _custom_ops():
+    """The "mambatr" domain's ops for onnxscript (which needs an ONNX schema to build a node),
+    registering their schemas with onnx once per process."""
+    import onnx
+    from onnx.defs import OpSchema
+    from onnxscript import values
+
+    from mambatr.ops.ort_build import DOMAIN
+
+    ops = {}
+    for name, (inputs, required, flags) in CUSTOM_OPS.items():
+        if not onnx.defs.has(name, DOMAIN):
+            optional = OpSchema.FormalParameterOption.Optional
+            formal = [
+                OpSchema.FormalParameter(x, "T", **({} if i < required else {"param_option": optional}))
+                for i, x in enumerate(inputs)
+            ]
+            schema = OpSchema(
+                name, DOMAIN, 1, inputs=formal, outputs=[OpSchema.FormalParameter("y", "T")],
+                type_constraints=[("T", ["tensor(float)"], "float32")],
+                attributes=[OpSchema.Attribute(flag, OpSchema.AttrType.INT, "0 or 1") for flag in flags],
+            )  # fmt: skip
+            onnx.defs.register_schema(schema)
+        ops[name] = values.Opset(DOMAIN, 1)[name]
+    return ops
+
+
+def _onnx_custom_scan(u, delta, A, B, C, D, z, delta_bias, gap, softplus: bool, reverse: bool):  # noqa: N803
+    """mambatr.scan_fwd (the C++ kernel's op) as a node of the custom "mambatr" domain."""
+    op = _custom_ops()["SelectiveScan"]
+    return op(u, delta, A, B, C, D, z, delta_bias, gap, softplus=int(softplus), reverse=int(reverse))
+
+
+def _onnx_custom_conv(x, weight, bias, silu: bool, reverse: bool):
+    """mambatr.conv_fwd as a node of the custom "mambatr" domain."""
+    return _custom_ops()["CausalConv1d"](x, weight, bias, silu=int(silu), reverse=int(reverse))
+
+
 def require_onnx() -> None:
     """Raise ImportError naming the extra when onnx / onnxscript are missing."""
     missing = []
@@ -79,15 +134,25 @@ def require_onnx() -> None:
         )
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, optimize: bool = False):
-    """``torch.onnx.export`` (the torch.export-based exporter) of ``model`` with a dynamic batch,
-    its scans in the chunked formulation; returns the ``torch.onnx.ONNXProgram``.
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, optimize: bool = False, ops: str = "standard"):
+    """``torch.onnx.export`` (the torch.export-based exporter) of ``model`` with a dynamic batch;
+    returns the ``torch.onnx.ONNXProgram``. ``ops="standard"``: the scans in the chunked formulation;
+    ``"custom"``: the scans and convs as "mambatr" domain nodes (the C++ kernels' ops, translated).
 
     The exporter's own graph optimiser (``optimize``, onnxscript's) is off by default: onnxruntime
     optimises the graph itself when it loads it, and benchmarks/onnx_variants.py measured no gain
     from it (docs/deploy.md)."""
+    if ops not in ONNX_OPS:
+        raise ValueError(f"unknown ONNX ops {ops!r}: expected one of {ONNX_OPS}")
     require_onnx()
-    with scan_impl(model, "chunked"), torch.no_grad():
+    table = {torch.ops.aten.sort.stable: _onnx_sort_stable}
+    if ops == "custom":
+        from mambatr.ops import _cpu_kernels
+
+        _cpu_kernels.load()  # the ops the custom nodes stand for are traced from the C++ kernels
+        table[torch.ops.mambatr.scan_fwd.default] = _onnx_custom_scan
+        table[torch.ops.mambatr.conv_fwd.default] = _onnx_custom_conv
+    with scan_impl(model, "chunked" if ops == "standard" else "cpu"), torch.no_grad():
         program = torch.onnx.export(
             model.eval(),
             (_traceable(example),),
@@ -96,29 +161,48 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, optimize: bool = 
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=ONNX_OPSET,
-            custom_translation_table={torch.ops.aten.sort.stable: _onnx_sort_stable},
+            custom_translation_table=table,
             optimize=optimize,
             verbose=False,
         )
     return program
 
 
-def save(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str | Path) -> None:
-    """Export ``model`` as ``fmt`` ("pt2" or "onnx") to ``path``, written whole or not at all."""
+def save(
+    model: torch.nn.Module, example: torch.Tensor, fmt: str, path: str | Path, onnx_ops: str = "standard"
+) -> None:
+    """Export ``model`` as ``fmt`` ("pt2" or "onnx") to ``path``, written whole or not at all;
+    ``onnx_ops`` ("standard" or "custom") as in :func:`export_onnx`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
+    if onnx_ops not in ONNX_OPS:
+        raise ValueError(f"unknown ONNX ops {onnx_ops!r}: expected one of {ONNX_OPS}")
     if fmt == "pt2":
         program = export_program(model, example)
         with atomic_path(path) as temporary:
             torch.export.save(program, temporary)
         return
-    program = export_onnx(model, example)
+    program = export_onnx(model, example, ops=onnx_ops)
     with atomic_path(path) as temporary:
         program.save(str(temporary), external_data=False)
 
 
+def uses_custom_ops(path: str | Path) -> bool:
+    """Whether the ONNX file at ``path`` calls mambatr's custom-op domain (False without ``onnx``:
+    onnxruntime then names the op it lacks)."""
+    try:
+        import onnx
+    except ImportError:
+        return False
+    from mambatr.ops.ort_build import DOMAIN
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(opset.domain == DOMAIN for opset in model.opset_import)
+
+
 class OnnxRunner:
-    """An onnxruntime session on the CPU execution provider, called like a model: images -> logits."""
+    """An onnxruntime session on the CPU execution provider, called like a model: images -> logits.
+    A file with mambatr's custom ops gets their library registered (built first if needed)."""
 
     @staticmethod
     def require() -> None:
@@ -137,6 +221,10 @@ class OnnxRunner:
         options = options or onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if uses_custom_ops(path):
+            from mambatr.ops import ort_build
+
+            options.register_custom_ops_library(str(ort_build.build()))
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
