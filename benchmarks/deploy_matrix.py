@@ -4,6 +4,7 @@ as ONNX in onnxruntime within 1e-4 relative of eager? A table of the 40 cells an
 
     python benchmarks/deploy_matrix.py            # about 40 minutes on 2 cores (ONNX: ~40 s a cell)
     python benchmarks/deploy_matrix.py --no-onnx  # compile and export only (~8 minutes)
+    python benchmarks/deploy_matrix.py --onnx-ops custom --only-onnx   # mambatr's onnxruntime custom ops
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return float((got - expected).abs().max() / expected.abs().max())
 
 
-def check_cell(method: str | None, family: str, onnx: bool, folder: Path) -> dict[str, str]:
+def check_cell(
+    method: str | None, family: str, onnx_ops: list[str], compile_export: bool, folder: Path
+) -> dict[str, str]:
     model, inputs = tiny_model(family)
     model, inputs = model.float(), inputs.float()
     if method is not None:
@@ -61,15 +64,16 @@ def check_cell(method: str | None, family: str, onnx: bool, folder: Path) -> dic
         with torch.no_grad():
             return relative_error(deploy.export_program(model, inputs).module()(more), eager_more)
 
-    def onnx_file() -> float:
+    def onnx_file(ops: str) -> float:
         path = folder / "m.onnx"
-        deploy.save(model, inputs, "onnx", path)
+        deploy.save(model, inputs, "onnx", path, onnx_ops=ops)
         return relative_error(deploy.load("onnx", path)(more), eager_more)
 
-    attempt("compile", compiled)
-    attempt("export", exported)
-    if onnx:
-        attempt("onnx", onnx_file)
+    if compile_export:
+        attempt("compile", compiled)
+        attempt("export", exported)
+    for ops in onnx_ops:
+        attempt(f"onnx {ops}", lambda ops=ops: onnx_file(ops))
     return cell
 
 
@@ -78,13 +82,20 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX column")
+    parser.add_argument(
+        "--onnx-ops", default="standard", help=f"comma-separated, of {deploy.ONNX_OPS}: one ONNX column each"
+    )
+    parser.add_argument("--only-onnx", action="store_true", help="skip the compile and export columns")
     parser.add_argument("--methods", default=",".join(sorted(METHODS)))
     args = parser.parse_args(argv)
+    onnx_ops = [] if args.no_onnx else args.onnx_ops.split(",")
+    if set(onnx_ops) - set(deploy.ONNX_OPS):
+        parser.error(f"--onnx-ops: unknown {sorted(set(onnx_ops) - set(deploy.ONNX_OPS))}")
     rows, counts = [], {}
     with tempfile.TemporaryDirectory() as folder:
         for method in [None, *args.methods.split(",")]:
             for family in FAMILIES:
-                cell = check_cell(method, family, not args.no_onnx, Path(folder))
+                cell = check_cell(method, family, onnx_ops, not args.only_onnx, Path(folder))
                 print(f"{method or 'dense'} {family}: {cell}", file=sys.stderr, flush=True)
                 rows.append([method or "dense", family, *cell.values()])
                 if method is not None:
@@ -92,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
                         counts.setdefault(name, [0, 0])
                         counts[name][0] += verdict.startswith("ok")
                         counts[name][1] += 1
-    headers = ["method", "family", "compile (fullgraph)", "torch.export (dynamic batch)"]
-    print(markdown_table(headers + ([] if args.no_onnx else ["ONNX in onnxruntime"]), rows))
+    headers = ["method", "family"]
+    headers += [] if args.only_onnx else ["compile (fullgraph)", "torch.export (dynamic batch)"]
+    headers += [f"ONNX ({ops} ops) in onnxruntime" for ops in onnx_ops]
+    print(markdown_table(headers, rows))
     print("methods x families: " + ", ".join(f"{k} {ok} / {n}" for k, (ok, n) in counts.items()))
 
 
