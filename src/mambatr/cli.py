@@ -45,6 +45,7 @@ from mambatr.evaluate import evaluate, evaluate_tensors
 from mambatr.finite import check_finite_weights
 from mambatr.flops import CONVENTIONS, count_flops
 from mambatr.models import create_model, model_entry
+from mambatr.ops import ort_build
 from mambatr.ops.dispatch import impls_used
 from mambatr.outputs import check_writable_dir, check_writable_file, write_text_atomic
 from mambatr.probe import parse_ints, probe_table, run_probe
@@ -522,8 +523,6 @@ def cmd_export(args: argparse.Namespace) -> None:
         except ImportError as error:
             raise ValueError(str(error)) from None
     if args.onnx_ops == "custom":
-        from mambatr.ops import ort_build
-
         try:
             ort_build.build()  # before any work: a missing compiler fails here, in one line
         except RuntimeError as error:

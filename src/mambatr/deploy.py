@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from mambatr.ops import _cpu_kernels, ort_build
 from mambatr.outputs import atomic_path
 
 FORMATS = ("pt2", "onnx")
@@ -88,23 +89,21 @@ def _custom_ops():
     from onnx.defs import OpSchema
     from onnxscript import values
 
-    from mambatr.ops.ort_build import DOMAIN
-
     ops = {}
     for name, (inputs, required, flags) in CUSTOM_OPS.items():
-        if not onnx.defs.has(name, DOMAIN):
+        if not onnx.defs.has(name, ort_build.DOMAIN):
             optional = OpSchema.FormalParameterOption.Optional
             formal = [
                 OpSchema.FormalParameter(x, "T", **({} if i < required else {"param_option": optional}))
                 for i, x in enumerate(inputs)
             ]
             schema = OpSchema(
-                name, DOMAIN, 1, inputs=formal, outputs=[OpSchema.FormalParameter("y", "T")],
+                name, ort_build.DOMAIN, 1, inputs=formal, outputs=[OpSchema.FormalParameter("y", "T")],
                 type_constraints=[("T", ["tensor(float)"], "float32")],
                 attributes=[OpSchema.Attribute(flag, OpSchema.AttrType.INT, "0 or 1") for flag in flags],
             )  # fmt: skip
             onnx.defs.register_schema(schema)
-        ops[name] = values.Opset(DOMAIN, 1)[name]
+        ops[name] = values.Opset(ort_build.DOMAIN, 1)[name]
     return ops
 
 
@@ -147,8 +146,6 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, optimize: bool = 
     require_onnx()
     table = {torch.ops.aten.sort.stable: _onnx_sort_stable}
     if ops == "custom":
-        from mambatr.ops import _cpu_kernels
-
         _cpu_kernels.load()  # the ops the custom nodes stand for are traced from the C++ kernels
         table[torch.ops.mambatr.scan_fwd.default] = _onnx_custom_scan
         table[torch.ops.mambatr.conv_fwd.default] = _onnx_custom_conv
@@ -194,10 +191,9 @@ def uses_custom_ops(path: str | Path) -> bool:
         import onnx
     except ImportError:
         return False
-    from mambatr.ops.ort_build import DOMAIN
 
     model = onnx.load(str(path), load_external_data=False)
-    return any(opset.domain == DOMAIN for opset in model.opset_import)
+    return any(opset.domain == ort_build.DOMAIN for opset in model.opset_import)
 
 
 class OnnxRunner:
@@ -222,8 +218,6 @@ class OnnxRunner:
         if threads:
             options.intra_op_num_threads = threads
         if uses_custom_ops(path):
-            from mambatr.ops import ort_build
-
             options.register_custom_ops_library(str(ort_build.build()))
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
