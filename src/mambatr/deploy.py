@@ -118,6 +118,12 @@ def _onnx_custom_conv(x, weight, bias, silu: bool, reverse: bool):
     return _custom_ops()["CausalConv1d"](x, weight, bias, silu=int(silu), reverse=int(reverse))
 
 
+def _check_onnx_ops(ops: str) -> None:
+    """Refuse an unknown ``onnx_ops`` value, before any export work."""
+    if ops not in ONNX_OPS:
+        raise ValueError(f"unknown ONNX ops {ops!r}: expected one of {ONNX_OPS}")
+
+
 def require_onnx() -> None:
     """Raise ImportError naming the extra when onnx / onnxscript are missing."""
     missing = []
@@ -141,8 +147,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, optimize: bool = 
     The exporter's own graph optimiser (``optimize``, onnxscript's) is off by default: onnxruntime
     optimises the graph itself when it loads it, and benchmarks/onnx_variants.py measured no gain
     from it (docs/deploy.md)."""
-    if ops not in ONNX_OPS:
-        raise ValueError(f"unknown ONNX ops {ops!r}: expected one of {ONNX_OPS}")
+    _check_onnx_ops(ops)
     require_onnx()
     table = {torch.ops.aten.sort.stable: _onnx_sort_stable}
     if ops == "custom":
@@ -172,8 +177,7 @@ def save(
     ``onnx_ops`` ("standard" or "custom") as in :func:`export_onnx`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
-    if onnx_ops not in ONNX_OPS:
-        raise ValueError(f"unknown ONNX ops {onnx_ops!r}: expected one of {ONNX_OPS}")
+    _check_onnx_ops(onnx_ops)
     if fmt == "pt2":
         program = export_program(model, example)
         with atomic_path(path) as temporary:

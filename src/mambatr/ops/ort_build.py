@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from mambatr.ops._cpu_kernels import build_dir
-from mambatr.ops.kernel_build import CSRC, march
+from mambatr.ops.kernel_build import CSRC, cflags
 
 SOURCE = Path(__file__).resolve().parent / "ort" / "ort_ops.cpp"
 HEADERS = (SOURCE.parent / "ort_abi.h", CSRC / "simd.h")
@@ -33,18 +33,16 @@ def compiler() -> str:
 
 
 def flags() -> list[str]:
-    """The kernels' code-generation flags, for a shared library exporting only RegisterCustomOps."""
+    """The kernels' code-generation flags (without OpenMP: the ops run on onnxruntime's thread), for a
+    shared library exporting only RegisterCustomOps."""
+    kernels = [flag for flag in cflags() if flag != "-fopenmp"]
     return [
-        "-O3",
-        f"-march={march()}",
+        *kernels,
         "-std=c++17",
         "-shared",
         "-fPIC",
         "-fvisibility=hidden",
-        "-fno-math-errno",
-        "-fno-trapping-math",
         "-fno-strict-aliasing",  # simd.h reinterprets vector registers between int and float
-        "-Wall",
     ]
 
 
