@@ -14,6 +14,7 @@ from fake_data import write_fashion_mnist
 from safetensors.torch import save_file
 
 import mambatr
+from mambatr import deploy
 from mambatr.cli import main
 
 SMALL = dict(
@@ -123,3 +124,19 @@ def test_export_first_leaves_the_eager_model_real():
         eager = model(images)
     assert type(eager) is torch.Tensor
     torch.testing.assert_close(program.module()(images), eager)
+
+
+def test_agreement_counts_and_locates_images_beyond_tolerance():
+    model = torch.nn.Flatten()  # "logits" = the inputs themselves
+    inputs = torch.rand(6, 4) + 1.0
+
+    def exported(batch: torch.Tensor) -> torch.Tensor:
+        out = batch.flatten(1).clone()
+        out[out[:, 0] == inputs[4, 0], 1] += 1e-2  # image 4 (second batch) differs by ~0.5 % of its logits
+        out[:, 2] += 1e-7  # every image differs by far less than the tolerance
+        return out
+
+    batches = [(inputs[:3], torch.zeros(3)), (inputs[3:], torch.zeros(3))]
+    result = deploy.agreement(model, exported, batches, total=6)
+    assert result["images_beyond_tolerance"] == 1 and result["worst_image"] == 4
+    assert result["max_abs_logit_diff"] == pytest.approx(1e-2, rel=1e-3)

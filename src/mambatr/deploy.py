@@ -238,10 +238,14 @@ def load(fmt: str, path: str | Path, threads: int | None = None):
 
 
 @torch.inference_mode()
-def agreement(model: torch.nn.Module, exported, batches, total: int, desc: str = "compare") -> dict:
+def agreement(
+    model: torch.nn.Module, exported, batches, total: int, desc: str = "compare", tolerance: float = 1e-4
+) -> dict:
     """The exported model beside the eager one on the same inputs: top-1 agreement, the largest
-    |logit difference| (absolute and relative to the largest |logit|), and both top-1s on the labels."""
-    same = correct_eager = correct_exported = images = 0
+    |logit difference| (absolute and relative to the largest |logit|), how many images differ by more
+    than ``tolerance`` relative to their own largest |logit| (and where the worst one is, counting
+    images in the order given), and both top-1s on the labels."""
+    same = correct_eager = correct_exported = images = beyond = worst_image = 0
     max_diff = max_logit = 0.0
     with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
         for inputs, labels in batches:
@@ -250,7 +254,10 @@ def agreement(model: torch.nn.Module, exported, batches, total: int, desc: str =
             same += int((top_eager == top_other).sum())
             correct_eager += int((top_eager == labels).sum())
             correct_exported += int((top_other == labels).sum())
-            max_diff = max(max_diff, float((eager - other).abs().max()))
+            per_image = (eager - other).abs().amax(-1)
+            beyond += int((per_image > tolerance * eager.abs().amax(-1)).sum())
+            if float(per_image.max()) > max_diff:
+                max_diff, worst_image = float(per_image.max()), images + int(per_image.argmax())
             max_logit = max(max_logit, float(eager.abs().max()))
             images += len(inputs)
             bar.update(len(inputs))
@@ -259,6 +266,9 @@ def agreement(model: torch.nn.Module, exported, batches, total: int, desc: str =
         "top1_agreement": 100.0 * same / images,
         "max_abs_logit_diff": max_diff,
         "max_rel_logit_diff": max_diff / max(max_logit, 1e-30),
+        "images_beyond_tolerance": beyond,
+        "tolerance_rel": tolerance,
+        "worst_image": worst_image,
         "top1_eager": 100.0 * correct_eager / images,
         "top1_exported": 100.0 * correct_exported / images,
     }

@@ -2,7 +2,8 @@
 ``onnx_ops="custom"`` needs, registered with ``SessionOptions.register_custom_ops_library(path)``.
 
 Built on first use with the C++ compiler alone (no torch, no onnxruntime headers: ``ort_abi.h``
-declares the C ABI it uses), from the CPU kernels' SIMD helpers (``ops/csrc/simd.h``), for this
+declares the C ABI it uses), from the CPU kernels' own torch-free forward (``ops/csrc/scan_forward.h``,
+``conv_forward.h`` and the SIMD helpers they use), for this
 CPU (``$MAMBATR_CPU_MARCH`` as for the kernels), cached per source, flags and compiler beside the
 kernels' first-use builds (``$MAMBATR_KERNELS_DIR``). The library itself runs without mambatr.
 """
@@ -20,7 +21,8 @@ from mambatr.ops._cpu_kernels import build_dir
 from mambatr.ops.kernel_build import CSRC, cflags
 
 SOURCE = Path(__file__).resolve().parent / "ort" / "ort_ops.cpp"
-HEADERS = (SOURCE.parent / "ort_abi.h", CSRC / "simd.h")
+SHARED_HEADERS = ("simd.h", "rows.h", "scan_forward.h", "conv_forward.h")  # the kernels' torch-free forward
+HEADERS = (SOURCE.parent / "ort_abi.h", *(CSRC / name for name in SHARED_HEADERS))
 DOMAIN = "mambatr"
 
 

@@ -22,22 +22,10 @@
 #include <vector>
 
 #include "common.h"
+#include "conv_forward.h"
 
 namespace mambatr {
 namespace {
-
-constexpr int64_t kMaxTaps = 8;
-
-template <typename T>
-struct ConvInputs {
-  Rows<T> x;
-  const T* wt = nullptr;  // weight transposed to (K, E)
-  const T* bias = nullptr;
-  int64_t batch = 0, L = 0, E = 0, K = 0;
-  bool silu = false, reverse = false;
-
-  int64_t time(int64_t step) const { return reverse ? L - 1 - step : step; }
-};
 
 // One task: batch element b, channels [e0, e0 + ne).
 template <typename T>
@@ -45,27 +33,6 @@ struct Lane {
   int64_t b, e0;
   int ne;
 };
-
-// Rows [t0, t1) of batch element b, all channels: row by row, so the input and output stream through
-// memory in order (walking one channel block down the rows instead makes every row a new DRAM page).
-// The K input rows of an output row are recent, so they come from L1; `zeros` stands in for padding.
-template <typename T, int K>
-void forward_rows(const ConvInputs<T>& in, int64_t b, int64_t t0, int64_t t1, const T* zeros, T* out) {
-  for (int64_t t = t0; t < t1; ++t) {
-    const T* rows[K];
-    for (int k = 0; k < K; ++k) {
-      const int64_t s = in.reverse ? t + (K - 1 - k) : t - (K - 1) + k;
-      rows[k] = s >= 0 && s < in.L ? in.x.row(b, s) : zeros;
-    }
-    T* o = out + (b * in.L + t) * in.E;
-    for (int64_t e0 = 0; e0 < in.E; e0 += lanes<T>()) {
-      const int ne = static_cast<int>(std::min<int64_t>(lanes<T>(), in.E - e0));
-      Vec<T> y = in.bias ? load(in.bias + e0, ne) : Vec<T>{};
-      for (int k = 0; k < K; ++k) y += load(in.wt + k * in.E + e0, ne) * load(rows[k] + e0, ne);
-      store(o + e0, in.silu ? y * sigmoid(y) : y, ne);
-    }
-  }
-}
 
 // Reverse scan order. At step s: pre_s from the input window s-K+1 .. s, its gradient dpre_s, then
 // dx_s = sum_k w_k dpre_{s+K-1-k} from the window of gradients s .. s+K-1.
@@ -105,16 +72,6 @@ void backward_task(const ConvInputs<T>& in, const Rows<T>& dout, const Lane<T>& 
   store(db + lane.b * E + e0, db_acc, ne);
 }
 
-// Calls f(std::integral_constant<int, K>) for the runtime tap count K (1 .. kMaxTaps).
-template <int K = 1, typename F>
-void with_taps(int64_t taps, F&& f) {
-  if (taps == K) {
-    f(std::integral_constant<int, K>{});
-  } else if constexpr (K < kMaxTaps) {
-    with_taps<K + 1>(taps, f);
-  }
-}
-
 template <typename T>
 ConvInputs<T> make_inputs(const at::Tensor& x, const at::Tensor& wt, const std::optional<at::Tensor>& bias,
                           bool silu, bool reverse) {
@@ -123,7 +80,7 @@ ConvInputs<T> make_inputs(const at::Tensor& x, const at::Tensor& wt, const std::
   in.L = x.size(1);
   in.E = x.size(2);
   in.K = wt.size(0);
-  in.x = Rows<T>(x);
+  in.x = rows_of<T>(x);
   in.wt = wt.data_ptr<T>();
   if (bias.has_value()) {
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == in.E && bias->is_contiguous() &&
@@ -198,7 +155,7 @@ std::vector<at::Tensor> conv_bwd(const at::Tensor& dout, const at::Tensor& x, co
     using T = scalar_t;
     const auto in = make_inputs<T>(x, wt, bias, silu, reverse);
     TORCH_CHECK(dout.scalar_type() == x.scalar_type(), "dout must have the input dtype");
-    const Rows<T> g(dout);
+    const Rows<T> g = rows_of<T>(dout);
     T *pdx = dx.data_ptr<T>(), *pdw = dw_part.data_ptr<T>(), *pdb = db_part.data_ptr<T>();
     with_taps(K, [&](auto taps) {
       for_each_lane<T>(batch, E, [&](const Lane<T>& lane) {

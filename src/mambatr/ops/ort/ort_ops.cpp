@@ -4,12 +4,10 @@
 // onnxruntime headers (ort_abi.h declares the C ABI used); onnxruntime loads it with
 // SessionOptions.register_custom_ops_library(path), which calls RegisterCustomOps below.
 //
-// The arithmetic is that of the C++ CPU kernels' forward (csrc/scan.cpp, csrc/conv.cpp), built on the
-// same SIMD helpers (csrc/simd.h: polynomial softplus / sigmoid, the decay as vexp2 of A pre-scaled by
-// log2 e), in the same order: per (batch element, block of one vector of channels), one pass over the
-// sequence for dt, the decay exponent and dt * u, then per chunk of states that fits in registers a
-// pass keeping them there, then the gate. Inputs are float32 (batch, length, E) / (batch, length, N)
-// rows, contiguous, as onnxruntime hands them over. Forward only, on the thread that runs the node.
+// The arithmetic is the C++ CPU kernels' own forward (csrc/scan_forward.h, csrc/conv_forward.h, shared
+// with csrc/scan.cpp and csrc/conv.cpp), so the two give the same float32 values. Inputs are float32
+// (batch, length, E) / (batch, length, N) rows, contiguous, as onnxruntime hands them over. Forward
+// only, on the thread that runs the node.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -17,123 +15,38 @@
 #include <string>
 #include <vector>
 
-#include "../csrc/simd.h"
+#include "../csrc/conv_forward.h"
+#include "../csrc/scan_forward.h"
 #include "ort_abi.h"
 
-namespace mambatr {
+namespace mambatr::ort {
 namespace {
 
-using V = Vec<float>;
-constexpr int kLanes = lanes<float>();
-constexpr int kChunk = kVecBytes == 64 ? 16 : 8;  // states per register pass, as in csrc/scan.cpp
-
-struct Scan {
-  const float *u, *delta, *A, *B, *C, *D, *z, *bias, *gap;
-  int64_t batch, length, E, N;
-  bool softplus, reverse;
-  int64_t time(int64_t step) const { return reverse ? length - 1 - step : step; }
-};
-
-// One channel block's per-step vectors in scan order: A's columns (scaled for vexp2), the decay
-// exponent a, dt * u, and y (skip term, then the states' readout).
-struct Scratch {
-  std::vector<V> A, a, dtu, y;
-  Scratch(int64_t length, int64_t N) : A(N), a(length), dtu(length), y(length) {}
-};
-
-// States [n0, n0 + C) over the whole sequence in registers: s = exp(a A) s + dtu B_t; y += <s, C_t>.
-template <int C>
-void state_pass(const Scan& s, int64_t b, int64_t n0, Scratch& sc) {
-  V st[C] = {};
-  for (int64_t step = 0; step < s.length; ++step) {
-    const int64_t t = s.time(step);
-    const float* Bt = s.B + (b * s.length + t) * s.N + n0;
-    const float* Ct = s.C + (b * s.length + t) * s.N + n0;
-    V y0{}, y1{};  // two accumulators halve the dependency chain of the sum over states
-#pragma GCC unroll 16
-    for (int j = 0; j < C; ++j) {
-      st[j] = Decay<float>::exp(sc.a[step] * sc.A[n0 + j]) * st[j] + sc.dtu[step] * Bt[j];
-      if (j % 2) {
-        y1 += st[j] * Ct[j];
-      } else {
-        y0 += st[j] * Ct[j];
-      }
-    }
-    sc.y[step] += y0 + y1;
-  }
-}
-
-// Chunks of C states, then of C / 2, ... 1 for the remainder: every chunk size a compile-time constant.
-template <int C>
-void state_passes(const Scan& s, int64_t b, int64_t n0, Scratch& sc) {
-  for (; n0 + C <= s.N; n0 += C) state_pass<C>(s, b, n0, sc);
-  if constexpr (C > 1) state_passes<C / 2>(s, b, n0, sc);
-}
-
-void scan_block(const Scan& s, int64_t b, int64_t e0, Scratch& sc, float* out) {
-  const int ne = static_cast<int>(std::min<int64_t>(kLanes, s.E - e0));
-  for (int64_t n = 0; n < s.N; ++n) {
-    V a{};
-    for (int i = 0; i < ne; ++i) a[i] = s.A[(e0 + i) * s.N + n] * Decay<float>::kScale;
-    sc.A[n] = a;
-  }
-  const V D = s.D ? load(s.D + e0, ne) : V{};
-  const V bias = s.bias ? load(s.bias + e0, ne) : V{};
-  V prev{};
-  for (int64_t step = 0; step < s.length; ++step) {
-    const int64_t t = s.time(step), row = (b * s.length + t) * s.E + e0;
-    const V u = load(s.u + row, ne), raw = load(s.delta + row, ne) + bias;
-    const V dt = s.softplus ? softplus_value(raw) : raw;
-    sc.a[step] = s.gap && step ? dt + s.gap[b * s.length + t] * prev : dt;  // a pruned gap decays too
-    prev = dt;
-    sc.dtu[step] = dt * u;
-    sc.y[step] = D * u;
-  }
-  state_passes<kChunk>(s, b, 0, sc);
-  for (int64_t step = 0; step < s.length; ++step) {
-    const int64_t row = (b * s.length + s.time(step)) * s.E + e0;
-    V y = sc.y[step];
-    if (s.z) {
-      const V z = load(s.z + row, ne);
-      y = y * z * sigmoid(z);
-    }
-    store(out + row, y, ne);
-  }
-}
-
-void scan_forward(const Scan& s, float* out) {
+// The C++ kernels' forward over every (batch element, block of one vector of channels) in turn.
+void scan_forward(const ScanInputs<float>& in, float* out) {
   const FlushDenormals ftz;
-  Scratch sc(s.length, s.N);
-  for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t e0 = 0; e0 < s.E; e0 += kLanes) scan_block(s, b, e0, sc, out);
+  Scratch<float> sc(in.length, in.N, false);
+  const int64_t blocks = (in.E + lanes<float>() - 1) / lanes<float>();
+  for (int64_t b = 0; b < in.batch; ++b) {
+    for (int64_t block = 0; block < blocks; ++block) forward_block(in, b, block, sc, out);
   }
 }
 
-// out_t = bias + sum_k w_k x_{t-K+1+k} (zero padded; reverse: x_{t+K-1-k}), SiLU'd if silu.
-void conv_forward(const float* x, const float* weight, const float* bias, int64_t batch, int64_t L, int64_t E,
-                  int64_t K, bool silu, bool reverse, float* out) {
-  std::vector<float> wt(K * E);  // (K, E): one vector load per tap
-  for (int64_t e = 0; e < E; ++e) {
-    for (int64_t k = 0; k < K; ++k) wt[k * E + e] = weight[e * K + k];
+// The C++ kernels' conv forward over every batch element; the weight transposed to (K, E) first.
+void conv_forward(ConvInputs<float> in, const float* weight, float* out) {
+  std::vector<float> wt(in.K * in.E), zeros(in.E);
+  for (int64_t e = 0; e < in.E; ++e) {
+    for (int64_t k = 0; k < in.K; ++k) wt[k * in.E + e] = weight[e * in.K + k];
   }
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t < L; ++t) {
-      float* o = out + (b * L + t) * E;
-      for (int64_t e0 = 0; e0 < E; e0 += kLanes) {
-        const int ne = static_cast<int>(std::min<int64_t>(kLanes, E - e0));
-        V y = bias ? load(bias + e0, ne) : V{};
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t s = reverse ? t + (K - 1 - k) : t - (K - 1) + k;
-          if (s >= 0 && s < L) y += load(wt.data() + k * E + e0, ne) * load(x + (b * L + s) * E + e0, ne);
-        }
-        store(o + e0, silu ? y * sigmoid(y) : y, ne);
-      }
-    }
-  }
+  in.wt = wt.data();
+  const FlushDenormals ftz;
+  with_taps(in.K, [&](auto taps) {
+    for (int64_t b = 0; b < in.batch; ++b) forward_rows<float, decltype(taps)::value>(in, b, 0, in.L, zeros.data(), out);
+  });
 }
 
 }  // namespace
-}  // namespace mambatr
+}  // namespace mambatr::ort
 
 namespace mambatr::ort {
 namespace {
@@ -222,10 +135,25 @@ void scan_compute(void* kernel, OrtKernelContext* context) {
   for (int i : {5, 7}) expect(!t[i].data || t[i].shape == channels, "SelectiveScan", "D and delta_bias: (E,)");
   expect(!t[6].data || t[6].shape == rows, "SelectiveScan", "z must have u's shape");
   expect(!t[8].data || t[8].shape == std::vector<int64_t>{batch, length}, "SelectiveScan", "gap: (batch, length)");
-  const Scan scan{u.data,  delta.data, A.data, B.data, C.data, t[5].data, t[6].data, t[7].data, t[8].data,
-                  batch,   length,     E,      N,      k.flag, k.reverse};
+  ScanInputs<float> in;
+  in.u = Rows<float>(u.data, length * E, E);
+  in.delta = Rows<float>(delta.data, length * E, E);
+  in.B = Rows<float>(B.data, length * N, N);
+  in.C = Rows<float>(C.data, length * N, N);
+  in.z = Rows<float>(t[6].data, length * E, E);
+  in.A = A.data;
+  in.D = t[5].data;
+  in.bias = t[7].data;
+  in.gap = t[8].data;
+  in.batch = batch;
+  in.length = length;
+  in.E = E;
+  in.N = N;
+  in.softplus = k.flag;
+  in.reverse = k.reverse;
+  in.has_z = t[6].data != nullptr;
   float* out = output(k.api, context, rows);
-  if (batch * length * E > 0) scan_forward(scan, out);
+  if (batch * length * E > 0) scan_forward(in, out);
 }
 
 // CausalConv1d(x, weight, bias?) -> y; attributes silu, reverse.
@@ -235,9 +163,20 @@ void conv_compute(void* kernel, OrtKernelContext* context) {
   expect(x.shape.size() == 3 && weight.shape.size() == 2 && weight.shape[0] == x.shape[2], "CausalConv1d",
          "x must be (batch, length, E), weight (E, K): got " + dims(x) + ", " + dims(weight));
   expect(!bias.data || bias.shape == std::vector<int64_t>{x.shape[2]}, "CausalConv1d", "bias: (E,)");
+  const int64_t K = weight.shape[1];
+  expect(K >= 1 && K <= kMaxTaps, "CausalConv1d", "kernel width " + std::to_string(K) + " outside 1 to " +
+                                                      std::to_string(kMaxTaps));
+  ConvInputs<float> in;
+  in.x = Rows<float>(x.data, x.shape[1] * x.shape[2], x.shape[2]);
+  in.bias = bias.data;
+  in.batch = x.shape[0];
+  in.L = x.shape[1];
+  in.E = x.shape[2];
+  in.K = K;
+  in.silu = k.flag;
+  in.reverse = k.reverse;
   float* out = output(k.api, context, x.shape);
-  conv_forward(x.data, weight.data, bias.data, x.shape[0], x.shape[1], x.shape[2], weight.shape[1], k.flag,
-               k.reverse, out);
+  conv_forward(in, weight.data, out);
 }
 
 // An op of `Inputs` float inputs (the first `Required` of them required) and one float output; the
