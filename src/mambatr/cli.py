@@ -552,7 +552,8 @@ def cmd_export(args: argparse.Namespace) -> None:
     if run.json:
         print(json.dumps(summary, indent=2))
         return
-    headers = ["model", "method", "format", "images", "top-1 agreement %", "max |Δlogit|", "images > 1e-4 rel."]
+    headers = ["model", "method", "format", "images", "top-1 agreement %", "max |Δlogit|"]
+    headers += ["images > 1e-4 rel."]
     headers += ["top-1 %", "eager img/s", "exported img/s"]
     row = [which.model, reduction.method or "-", args.format, summary["images"], summary["top1_agreement"]]
     row += [summary["max_abs_logit_diff"], summary["images_beyond_tolerance"], summary["top1_exported"]]
