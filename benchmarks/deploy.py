@@ -2,8 +2,10 @@
 
 For each model (``vim_fmnist_p2`` with its shipped weights, ViM-S with random ones: speed does not
 depend on the weights), each method at --target (and the dense model), each runtime (mambatr eager,
-``torch.compile`` with Inductor, onnxruntime on the CPU execution provider) and each batch size:
-images/s (median of --runs timed calls after warm-up), the reduced-vs-dense speed-up in that runtime,
+``torch.compile`` with Inductor, onnxruntime on the CPU execution provider with the standard-op file
+(``onnx``) and with mambatr's custom ops for the scan and conv (``onnx_custom``)) and each batch size:
+images/s (every cell timed round-robin, so load that comes and goes slows all alike: the median of
+--rounds rounds, each the median of --runs calls), the reduced-vs-dense speed-up in that runtime,
 the ideal speed-up 1 / (1 - FLOPs reduction) and their ratio. DeiT-S (the transformer of ViM-S's cost,
 ``F.scaled_dot_product_attention``) is timed beside ViM-S at batch 8, eager and compiled.
 
@@ -14,13 +16,16 @@ the ideal speed-up 1 / (1 - FLOPs reduction) and their ratio. DeiT-S (the transf
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 import mambatr
 from mambatr import deploy
@@ -30,7 +35,7 @@ from mambatr.table import markdown_table
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from roofline import deit_small  # noqa: E402
 
-RUNTIMES = ("eager", "compile", "onnx")
+RUNTIMES = ("eager", "compile", "onnx", "onnx_custom")
 
 
 def build(name: str, method: str | None, target: float) -> tuple[torch.nn.Module, float]:
@@ -48,51 +53,64 @@ def runner(model: torch.nn.Module, runtime: str, example: torch.Tensor, folder: 
     if runtime == "eager":
         fn = model
     elif runtime == "compile":
-        torch._dynamo.reset()
         fn = torch.compile(model, fullgraph=True, dynamic=False)
     else:
-        path = folder / "model.onnx"
-        deploy.save(model, example, "onnx", path)
+        path = folder / f"{runtime}_{id(model)}.onnx"
+        ops = "custom" if runtime == "onnx_custom" else "standard"
+        deploy.save(model, example, "onnx", path, onnx_ops=ops)
         fn = deploy.load("onnx", path, torch.get_num_threads())
     return fn, time.perf_counter() - start
 
 
-def measure(args: argparse.Namespace) -> list[dict]:
-    rows = []
+def prepare(args: argparse.Namespace, folder: Path) -> list[tuple[dict, object, torch.Tensor]]:
+    """Every cell (model, method, runtime, batch) ready to time: its row, its callable (compiled and
+    called once at its batch size), its images."""
+    cells = []
     methods = [None, *[m for m in args.methods.split(",") if m]]
     batches = [int(b) for b in args.batches.split(",")]
     runtimes = args.runtimes.split(",")
-    with tempfile.TemporaryDirectory() as folder:
-        for name in args.models.split(","):
-            for method in methods:
-                model, achieved = build(name, method, args.target)
-                example = torch.randn(model.config.input_shape(max(batches)))
-                for runtime in runtimes:
-                    fn, prepare_s = runner(model, runtime, example, Path(folder))
-                    for batch in batches:
-                        images = example[:batch]
-                        with torch.inference_mode():
-                            fn(images)  # a compiled model compiles for this batch size here
-                        rate = deploy.images_per_s(fn, images, warmup=args.warmup, runs=args.runs)
-                        rows.append(
-                            dict(model=name, method=method or "dense", runtime=runtime, batch=batch,
-                                 flops_reduction=achieved, images_per_s=rate, prepare_s=prepare_s)
-                        )  # fmt: skip
-                        print(
-                            f"{name} {method or 'dense'} {runtime} b{batch}: {rate:.1f} img/s",
-                            file=sys.stderr,
-                        )
-        if "vim_small" in args.models.split(",") and 8 in batches:
-            deit, label = deit_small()
-            deit.eval()
-            images = torch.randn(8, 3, 224, 224)
-            for runtime in [r for r in runtimes if r != "onnx"]:
-                fn, prepare_s = runner(deit, runtime, images, Path(folder))
-                with torch.inference_mode():
-                    fn(images)
-                rate = deploy.images_per_s(fn, images, warmup=args.warmup, runs=args.runs)
-                rows.append(dict(model=label, method="-", runtime=runtime, batch=8, flops_reduction=0.0,
-                                 images_per_s=rate, prepare_s=prepare_s))  # fmt: skip
+    for name in args.models.split(","):
+        for method in methods:
+            model, achieved = build(name, method, args.target)
+            example = torch.randn(model.config.input_shape(max(batches)))
+            for runtime in runtimes:
+                fn, prepare_s = runner(model, runtime, example, folder)
+                for batch in batches:
+                    with torch.inference_mode():
+                        fn(example[:batch])  # a compiled model compiles for this batch size here
+                    row = dict(model=name, method=method or "dense", runtime=runtime, batch=batch,
+                               flops_reduction=achieved, prepare_s=prepare_s)  # fmt: skip
+                    cells.append((row, fn, example[:batch]))
+                    print(f"ready: {name} {method or 'dense'} {runtime} b{batch}", file=sys.stderr)
+    if "vim_small" in args.models.split(",") and 8 in batches:
+        deit, label = deit_small()
+        images = torch.randn(8, 3, 224, 224)
+        for runtime in [r for r in runtimes if not r.startswith("onnx")]:
+            fn, prepare_s = runner(deit.eval(), runtime, images, folder)
+            with torch.inference_mode():
+                fn(images)
+            row = dict(model=label, method="-", runtime=runtime, batch=8, flops_reduction=0.0,
+                       prepare_s=prepare_s)  # fmt: skip
+            cells.append((row, fn, images))
+    return cells
+
+
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Every cell timed round-robin (``--rounds`` rounds of ``--runs`` calls each, after ``--warmup``),
+    so load that comes and goes slows them alike; the median round. Then speed-ups against dense."""
+    # each model instance and batch size is its own compiled entry of the same forward: allow them all,
+    # and fail loudly rather than fall back to eager past the limit
+    limits = dict(recompile_limit=256, fail_on_recompile_limit_hit=True)
+    with tempfile.TemporaryDirectory() as folder, torch._dynamo.config.patch(**limits):
+        cells = prepare(args, Path(folder))
+        rates = collections.defaultdict(list)
+        # every compiled cell compiled above: a recompile while timing is an error, not a silent cost
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for _ in tqdm(range(args.rounds), desc="rounds", file=sys.stderr):
+                for index, (_, fn, images) in enumerate(cells):
+                    rate = deploy.images_per_s(fn, images, warmup=args.warmup, runs=args.runs)
+                    rates[index].append(rate)
+    rows = [dict(row, images_per_s=statistics.median(rates[i])) for i, (row, _, _) in enumerate(cells)]
     dense = {
         (r["model"], r["runtime"], r["batch"]): r["images_per_s"] for r in rows if r["method"] == "dense"
     }
@@ -113,10 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target", type=float, default=0.3)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument(
-        "--runtimes", default=",".join(RUNTIMES), help="comma-separated: eager, compile, onnx"
+        "--runtimes", default=",".join(RUNTIMES), help=f"comma-separated, of {', '.join(RUNTIMES)}"
     )
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per cell and round")
+    parser.add_argument("--runs", type=int, default=5, help="timed calls per cell and round (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="round-robin rounds (median reported)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
@@ -141,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
          r["speedup"] or "-", r["ideal"], r["of_ideal"] or "-"]
         for r in rows
     ]  # fmt: skip
-    print(f"torch {torch.__version__}, {args.threads} threads")
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.rounds} round-robin rounds")
     print(markdown_table(headers, table))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
