@@ -16,16 +16,13 @@ the ideal speed-up 1 / (1 - FLOPs reduction) and their ratio. DeiT-S (the transf
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 import mambatr
 from mambatr import deploy
@@ -103,14 +100,12 @@ def measure(args: argparse.Namespace) -> list[dict]:
     limits = dict(recompile_limit=256, fail_on_recompile_limit_hit=True)
     with tempfile.TemporaryDirectory() as folder, torch._dynamo.config.patch(**limits):
         cells = prepare(args, Path(folder))
-        rates = collections.defaultdict(list)
         # every compiled cell compiled above: a recompile while timing is an error, not a silent cost
         with torch._dynamo.config.patch(error_on_recompile=True):
-            for _ in tqdm(range(args.rounds), desc="rounds", file=sys.stderr):
-                for index, (_, fn, images) in enumerate(cells):
-                    rate = deploy.images_per_s(fn, images, warmup=args.warmup, runs=args.runs)
-                    rates[index].append(rate)
-    rows = [dict(row, images_per_s=statistics.median(rates[i])) for i, (row, _, _) in enumerate(cells)]
+            rates = deploy.round_robin(
+                [(fn, images) for _, fn, images in cells], args.rounds, args.warmup, args.runs
+            )
+    rows = [dict(row, images_per_s=rate) for (row, _, _), rate in zip(cells, rates, strict=True)]
     dense = {
         (r["model"], r["runtime"], r["batch"]): r["images_per_s"] for r in rows if r["method"] == "dense"
     }

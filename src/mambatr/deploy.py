@@ -285,3 +285,19 @@ def images_per_s(fn, images: torch.Tensor, warmup: int = 2, runs: int = 10) -> f
         fn(images)
         rates.append(len(images) / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def round_robin(
+    cells: list[tuple[object, torch.Tensor]],
+    rounds: int = 5,
+    warmup: int = 1,
+    runs: int = 5,
+    desc: str = "rounds",
+) -> list[float]:
+    """Median images/s of each (callable, images) cell over ``rounds`` rounds, every round timing every
+    cell in turn (:func:`images_per_s`), so load that comes and goes on a shared machine slows all alike."""
+    rates: list[list[float]] = [[] for _ in cells]
+    for _ in tqdm(range(rounds), desc=desc, leave=False):
+        for fn_rates, (fn, images) in zip(rates, cells, strict=True):
+            fn_rates.append(images_per_s(fn, images, warmup=warmup, runs=runs))
+    return [statistics.median(r) for r in rates]
