@@ -126,6 +126,24 @@ def test_export_first_leaves_the_eager_model_real():
     torch.testing.assert_close(program.module()(images), eager)
 
 
+def test_compiled_model_survives_another_impl_and_an_export(tmp_path):
+    """A compiled model keeps its compiled code when other code in the process runs another scan impl
+    (an ONNX export runs "chunked"): the dispatcher's eager bookkeeping was traced and became a guard."""
+    torch.manual_seed(0)
+    model = mambatr.create_model("vim_custom", img_size=16, patch_size=4, stride=4, embed_dim=16, depth=2,
+                                 d_state=4, num_classes=3).eval()  # fmt: skip
+    images = torch.randn(2, 3, 16, 16)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        first = compiled(images)
+        with deploy.scan_impl(model, "chunked"):
+            model(images)
+        with deploy.scan_impl(model, "torch"):
+            model(images)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            torch.testing.assert_close(compiled(images), first)
+
+
 def test_agreement_counts_and_locates_images_beyond_tolerance():
     model = torch.nn.Flatten()  # "logits" = the inputs themselves
     inputs = torch.rand(6, 4) + 1.0

@@ -102,8 +102,11 @@ def resolve(op: str, impl: str, device: torch.device, cuda_ok: bool = True) -> s
             raise ValueError(f"{op}: impl='cuda' ({CUDA_PACKAGES[op]}) has no gap support; use 'torch'")
         if not cuda_package_available(CUDA_PACKAGES[op]):
             raise RuntimeError(f"{op}: impl='cuda' needs the `{CUDA_PACKAGES[op]}` package (pip install it)")
-    _last[op] = chosen
-    _used.setdefault(op, set()).add(chosen)
+    if not torch.compiler.is_compiling():
+        # bookkeeping of eager calls only: traced, its read became a guard of every compiled model,
+        # and any later call with another impl (an ONNX export runs "chunked") recompiled them all
+        _last[op] = chosen
+        _used.setdefault(op, set()).add(chosen)
     return chosen
 
 
