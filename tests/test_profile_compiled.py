@@ -22,4 +22,4 @@ def test_profile_names_mambatr_ops_and_inductor_kernels(capsys) -> None:
     assert scans == 4  # 2 blocks x 2 directions, per call
     bench.report("tiny", ms, rows, top=3)
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[0].startswith("tiny: ") and "self ms" in out[1] and len(out) == 6  # title, header, rule, 3 rows
+    assert out[0].startswith("tiny: ") and "self ms" in out[1] and len(out) == 6  # title, head, rule, 3 rows
