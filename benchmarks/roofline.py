@@ -13,7 +13,6 @@ here in plain PyTorch (patch-16 conv, 12 pre-norm blocks of fused attention and 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
 import statistics
@@ -26,20 +25,12 @@ from torch import nn
 from tqdm import tqdm
 
 import mambatr
+from mambatr.heap import keep_freed_memory
 from mambatr.ops import backend_info, causal_conv1d, selective_scan
 from mambatr.table import markdown_table
 
 CONV_FORWARD = "conv forward + SiLU, 64 x 197 x 768, K 4"
 MEMORY_COPY = "memory copy, 64 x 197 x 768 float32 (torch copy_)"
-
-
-def keep_heap() -> None:
-    """Raise glibc's mmap and trim thresholds (mallopt) to 1 GiB, so tensors above 32 MB reuse heap
-    memory instead of fresh, page-faulting pages on every allocation (what jemalloc / tcmalloc do)."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if not (libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30)):
-        raise RuntimeError("mallopt refused the thresholds (not glibc?)")
 
 
 def median_seconds(fn: Callable[[], object], runs: int, warmup: int = 2) -> float:
@@ -244,11 +235,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="3 timed runs per figure instead of 10")
     parser.add_argument("--json", help="also write the rows and the machine to this JSON file")
     parser.add_argument(
-        "--keep-heap", action="store_true", help="glibc: reuse freed memory for large tensors (see keep_heap)"
+        "--keep-heap", action="store_true", help="glibc: reuse freed memory for large tensors (mambatr.heap)"
     )
     args = parser.parse_args(argv)
-    if args.keep_heap:
-        keep_heap()
+    if args.keep_heap and not keep_freed_memory():
+        raise RuntimeError("--keep-heap: mallopt refused the thresholds (not glibc?)")
     selective_scan(**scan_inputs(1, 2, 8, 2, grad=False), impl="cpu")  # build / load before timing
     rows = measure(args.threads, args.quick)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line), "?")

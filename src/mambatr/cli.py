@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from mambatr import data, deploy, distributed
+from mambatr import data, deploy, distributed, heap
 from mambatr.benchmark import throughput
 from mambatr.cli_args import (
     DataArgs,
@@ -1025,6 +1025,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    heap.keep_freed_memory()  # large activations reuse freed memory instead of page-faulting (mambatr.heap)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line result files record
     args.context = distributed.SINGLE
     with one_line_errors(args):  # bad input, Ctrl-C, a closed pipe, a full disk: one line (cli_exit)
