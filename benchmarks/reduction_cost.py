@@ -62,8 +62,7 @@ def models(name: str, method: str, target: float) -> tuple[torch.nn.Module, torc
     """The reduced model, its free twin (same removals) and the FLOPs reduction they claim."""
     reduced, twin = create(name), create(name)
     achieved = mambatr.apply(reduced, method, flops_reduction=target).flops_reduction_achieved
-    mambatr.apply(twin, method, flops_reduction=target)
-    twin.reduction.method = FreeSlice(reduced.reduction.method.aligns_scan)
+    twin.reduction = replace(reduced.reduction, method=FreeSlice(reduced.reduction.method.aligns_scan))
     return reduced, twin, achieved
 
 
@@ -90,10 +89,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
             print(f"compiled: {method} and its twin", file=sys.stderr)
         keys = [(*key, len(batch)) for key in compiled_models for batch in images]
         cells = [(fn, batch) for fn in compiled_models.values() for batch in images]
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            rate = dict(
-                zip(keys, deploy.round_robin(cells, args.rounds, args.warmup, args.runs), strict=True)
-            )
+        rate = dict(zip(keys, deploy.round_robin(cells, args.rounds, args.warmup, args.runs), strict=True))
     rows = []
     for method, reduction in achieved.items():
         for batch in batches:

@@ -158,3 +158,15 @@ def test_agreement_counts_and_locates_images_beyond_tolerance():
     result = deploy.agreement(model, exported, batches, total=6)
     assert result["images_beyond_tolerance"] == 1 and result["worst_image"] == 4
     assert result["max_abs_logit_diff"] == pytest.approx(1e-2, rel=1e-3)
+
+
+def test_round_robin_refuses_to_time_a_recompile():
+    """A compiled cell not yet compiled for its images would time Dynamo and the backend, not the model."""
+    compiled = torch.compile(lambda x: x * 2, fullgraph=True, backend="eager", dynamic=False)
+    ready, fresh = torch.randn(2, 3), torch.randn(5, 3)
+    with torch.inference_mode():  # as round_robin calls it
+        compiled(ready)
+    assert len(deploy.round_robin([(compiled, ready)], rounds=2, warmup=0, runs=1)) == 1
+    with pytest.raises(Exception, match="[Rr]ecompil"):
+        deploy.round_robin([(compiled, fresh)], rounds=1, warmup=0, runs=1)
+    assert not torch._dynamo.config.error_on_recompile

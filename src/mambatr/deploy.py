@@ -295,9 +295,12 @@ def round_robin(
     desc: str = "rounds",
 ) -> list[float]:
     """Median images/s of each (callable, images) cell over ``rounds`` rounds, every round timing every
-    cell in turn (:func:`images_per_s`), so load that comes and goes on a shared machine slows all alike."""
+    cell in turn (:func:`images_per_s`), so load that comes and goes on a shared machine slows all alike.
+    Compiled cells must be compiled for their images before: a recompile while timing raises, as it
+    would be timed as if it were the model."""
     rates: list[list[float]] = [[] for _ in cells]
-    for _ in tqdm(range(rounds), desc=desc, leave=False):
-        for fn_rates, (fn, images) in zip(rates, cells, strict=True):
-            fn_rates.append(images_per_s(fn, images, warmup=warmup, runs=runs))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in tqdm(range(rounds), desc=desc, leave=False):
+            for fn_rates, (fn, images) in zip(rates, cells, strict=True):
+                fn_rates.append(images_per_s(fn, images, warmup=warmup, runs=runs))
     return [statistics.median(r) for r in rates]
